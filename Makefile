@@ -1,0 +1,48 @@
+# Everything a fresh clone needs: `make demo` and `make test` create/refresh .venv themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+KAFKA_PORT ?= 9092
+export KAFKA_PORT
+
+.PHONY: install demo test test-unit kafka-up kafka-down prometheus bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m streamer demo
+
+# Unit tests only (no broker, no Prometheus server).
+test-unit: install
+	$(PY) -m pytest -q -m "not kafka"
+
+# Everything: starts the local Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and
+# installs the Prometheus server for the integration tests, then stops what it started.
+test: install prometheus
+	@bash deploy/run-tests.sh $(PY)
+
+kafka-up:
+	@bash deploy/kafka-local/kafka.sh up
+
+kafka-down:
+	@bash deploy/kafka-local/kafka.sh down
+
+# Debian's prometheus package gives the server and promtool.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+	   && (systemctl disable --now prometheus 2>/dev/null; service prometheus stop 2>/dev/null; pkill -x prometheus 2>/dev/null; true))
+
+bench: install
+	$(PY) benchmarks/bench_step.py
+	$(PY) benchmarks/bench_engine.py
+
+clean:
+	rm -rf $(VENV) runs artifacts .kafka .pytest_cache

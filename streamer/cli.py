@@ -1,0 +1,68 @@
+"""`streamer` command line: the only place that wires objects from flags and environment.
+
+Each sub-command lives in `streamer/commands/<name>.py` and exposes
+`register(subparsers)`, which adds its parser and sets `func(args) -> int`.
+Heavy imports (TensorFlow) happen inside the command functions, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from streamer.errors import UserError
+
+# Order is the order shown in --help.
+COMMANDS = ["train", "predict", "convert", "replay", "demo", "serve", "topics", "produce"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's own convention)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def env_default(name: str, default=None, cast=str):
+    """Default for a flag from the environment variable STREAMER_<NAME>, else `default`."""
+    raw = os.environ.get("STREAMER_" + name.upper().replace("-", "_"))
+    if raw is None or raw == "":
+        return default
+    try:
+        return cast(raw)
+    except ValueError as exc:
+        raise UserError(f"environment variable STREAMER_{name.upper()}={raw!r} is invalid: {exc}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="streamer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"streamer.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"streamer.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"streamer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("streamer: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
