@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 
+from models.errors import ModelError
 from streamer.errors import UserError
 
 # Order is the order shown in --help.
@@ -54,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"streamer: error: {exc}", file=sys.stderr)
+    except (UserError, ModelError) as exc:
+        message = " ".join(str(exc).split())  # always one line
+        print(f"streamer: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("streamer: interrupted", file=sys.stderr)
