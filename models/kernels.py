@@ -1,0 +1,624 @@
+"""Numpy kernels of the streaming step model: activations and one-timestep layer ops.
+
+Every op works on 2-D float32 arrays `(batch, features)` for a single timestep. Recurrent ops
+read their previous state from a slice of the flat input state and write the next state into
+the same slice of a fresh output state, so a whole model step allocates little beyond the
+gate pre-activations.
+
+Weights are kept in the Keras layout (`layer.get_weights()` order and gate order) in `params`;
+each op derives fused/reordered copies for the hot loop once, at construction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from models.errors import ModelError
+
+F32 = np.float32
+
+# --------------------------------------------------------------------------------------------
+# Activations. Each is `fn(x, out) -> out`; `out` may be `x` itself (in place) or a new array.
+# They reproduce the Keras 3 (TensorFlow backend) definitions in float32.
+# --------------------------------------------------------------------------------------------
+
+
+def _linear(x, out):
+    if out is not x:
+        out[...] = x
+    return out
+
+
+def _relu(x, out):
+    return np.maximum(x, F32(0), out=out)
+
+
+def _relu6(x, out):
+    return np.clip(x, F32(0), F32(6), out=out)
+
+
+def _sigmoid(x, out):
+    # 0.5 * (1 + tanh(x / 2)): exact sigmoid, no overflow warnings for large |x|.
+    np.multiply(x, F32(0.5), out=out)
+    np.tanh(out, out=out)
+    out *= F32(0.5)
+    out += F32(0.5)
+    return out
+
+
+def _tanh(x, out):
+    return np.tanh(x, out=out)
+
+
+def _hard_sigmoid(x, out):
+    # Keras 3: relu6(x + 3) / 6 (Keras 2 used 0.2 * x + 0.5).
+    np.add(x, F32(3), out=out)
+    np.clip(out, F32(0), F32(6), out=out)
+    out /= F32(6)
+    return out
+
+
+def _hard_silu(x, out):
+    tmp = _hard_sigmoid(x, np.empty_like(x))
+    return np.multiply(x, tmp, out=out)
+
+
+def _hard_tanh(x, out):
+    return np.clip(x, F32(-1), F32(1), out=out)
+
+
+def _exponential(x, out):
+    with np.errstate(over="ignore"):
+        return np.exp(x, out=out)
+
+
+def _elu_alpha(alpha):
+    alpha = F32(alpha)
+
+    def elu(x, out):
+        neg = np.minimum(x, F32(0))
+        with np.errstate(over="ignore"):
+            np.expm1(neg, out=neg)
+        if alpha != 1:
+            neg *= alpha
+        return _assign(out, np.where(x > 0, x, neg))
+
+    return elu
+
+
+def _assign(out, value):
+    out[...] = value
+    return out
+
+
+_SELU_ALPHA = F32(1.6732632423543772848170429916717)
+_SELU_SCALE = F32(1.0507009873554804934193349852946)
+
+
+def _selu(x, out):
+    neg = np.minimum(x, F32(0))
+    np.expm1(neg, out=neg)
+    neg *= _SELU_ALPHA
+    res = np.where(x > 0, x, neg)
+    res *= _SELU_SCALE
+    return _assign(out, res)
+
+
+def _celu_alpha(alpha):
+    alpha = F32(alpha)
+
+    def celu(x, out):
+        neg = np.minimum(x, F32(0))
+        neg /= alpha
+        np.expm1(neg, out=neg)
+        neg *= alpha
+        pos = np.maximum(x, F32(0))
+        return np.add(pos, neg, out=out)
+
+    return celu
+
+
+def _softplus(x, out):
+    # log(1 + exp(x)) computed stably: max(x, 0) + log1p(exp(-|x|)).
+    t = np.abs(x)
+    np.negative(t, out=t)
+    np.exp(t, out=t)
+    np.log1p(t, out=t)
+    return np.add(np.maximum(x, F32(0)), t, out=out)
+
+
+def _softsign(x, out):
+    d = np.abs(x)
+    d += F32(1)
+    return np.divide(x, d, out=out)
+
+
+def _silu(x, out):
+    s = _sigmoid(x, np.empty_like(x))
+    return np.multiply(x, s, out=out)
+
+
+def _mish(x, out):
+    t = _softplus(x, np.empty_like(x))
+    np.tanh(t, out=t)
+    return np.multiply(x, t, out=out)
+
+
+def _log_sigmoid(x, out):
+    # -softplus(-x)
+    t = _softplus(np.negative(x), np.empty_like(x))
+    return np.negative(t, out=out)
+
+
+def _tanh_shrink(x, out):
+    t = np.tanh(x)
+    return np.subtract(x, t, out=out)
+
+
+def _softmax(x, out):
+    m = np.max(x, axis=-1, keepdims=True)
+    np.subtract(x, m, out=out)
+    np.exp(out, out=out)
+    out /= np.sum(out, axis=-1, keepdims=True)
+    return out
+
+
+def _log_softmax(x, out):
+    m = np.max(x, axis=-1, keepdims=True)
+    np.subtract(x, m, out=out)
+    lse = np.log(np.sum(np.exp(out), axis=-1, keepdims=True))
+    out -= lse
+    return out
+
+
+def _sparse_sigmoid(x, out):
+    return _assign(out, np.clip(F32(0.5) * (x + F32(1)), F32(0), F32(1)))
+
+
+def _sparse_plus(x, out):
+    mid = F32(0.25) * np.square(x + F32(1))
+    res = np.where(x <= -1, F32(0), np.where(x < 1, mid, x))
+    return _assign(out, res.astype(F32, copy=False))
+
+
+def _squareplus_b(b):
+    b = F32(b)
+
+    def squareplus(x, out):
+        res = (x + np.sqrt(np.square(x) + b)) / F32(2)
+        return _assign(out, res)
+
+    return squareplus
+
+
+def _shrink(kind, threshold):
+    th = F32(threshold)
+
+    def hard_shrink(x, out):
+        return _assign(out, np.where(np.abs(x) > th, x, F32(0)))
+
+    def soft_shrink(x, out):
+        return _assign(out, np.where(x > th, x - th, np.where(x < -th, x + th, F32(0))))
+
+    return hard_shrink if kind == "hard_shrink" else soft_shrink
+
+
+# erf for float32 gelu: Abramowitz & Stegun 7.1.26 is only 1.5e-7 accurate, which is enough at
+# float32 tolerance, but math.erf per element is exact; use the vectorised rational form.
+def _erf(x):
+    # W. J. Cody style: use float64 and the A&S 7.1.26 formula refined by one Newton step
+    # would be overkill; float64 evaluation of np.vectorize(math.erf) is exact but slow, so we
+    # evaluate in float64 with a high-accuracy approximation (max error ~1.2e-7).
+    z = np.abs(x).astype(np.float64)
+    t = 1.0 / (1.0 + 0.5 * z)
+    y = 1.0 - t * np.exp(
+        -z * z
+        - 1.26551223
+        + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (
+            0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))))
+    )
+    return np.where(x >= 0, y, -y)
+
+
+def _gelu_approx(approximate):
+    if approximate:
+        c = math.sqrt(2.0 / math.pi)
+
+        def gelu(x, out):
+            x64 = x.astype(np.float64)
+            res = 0.5 * x64 * (1.0 + np.tanh(c * (x64 + 0.044715 * x64 ** 3)))
+            return _assign(out, res)
+
+        return gelu
+
+    def gelu(x, out):
+        x64 = x.astype(np.float64)
+        res = 0.5 * x64 * (1.0 + _erf(x64 / math.sqrt(2.0)))
+        return _assign(out, res)
+
+    return gelu
+
+
+def _leaky_relu_slope(slope):
+    slope = F32(slope)
+
+    def leaky_relu(x, out):
+        return _assign(out, np.where(x >= 0, x, x * slope))
+
+    return leaky_relu
+
+
+def _relu_general(negative_slope=0.0, max_value=None, threshold=0.0):
+    """The Keras `relu(x, negative_slope, max_value, threshold)` / `ReLU` layer."""
+    negative_slope = F32(negative_slope)
+    threshold = F32(threshold)
+    max_value = None if max_value is None else F32(max_value)
+    if negative_slope == 0 and threshold == 0 and max_value is None:
+        return _relu
+
+    def relu(x, out):
+        # Keras: x >= threshold -> x (clipped at max_value); else negative_slope * (x - threshold)
+        pos = np.where(x >= threshold, x, F32(0))
+        if max_value is not None:
+            pos = np.minimum(pos, max_value)
+        if negative_slope != 0:
+            neg = np.where(x < threshold, negative_slope * (x - threshold), F32(0))
+            pos = pos + neg
+        return _assign(out, pos)
+
+    return relu
+
+
+# Activations that act on each element independently (safe to fuse across RNN gates).
+_SIMPLE = {
+    "linear": _linear,
+    "relu": _relu,
+    "relu6": _relu6,
+    "sigmoid": _sigmoid,
+    "tanh": _tanh,
+    "hard_sigmoid": _hard_sigmoid,
+    "hard_silu": _hard_silu,
+    "hard_swish": _hard_silu,
+    "hard_tanh": _hard_tanh,
+    "exponential": _exponential,
+    "elu": _elu_alpha(1.0),
+    "selu": _selu,
+    "celu": _celu_alpha(1.0),
+    "softplus": _softplus,
+    "softsign": _softsign,
+    "silu": _silu,
+    "swish": _silu,
+    "gelu": _gelu_approx(False),
+    "mish": _mish,
+    "log_sigmoid": _log_sigmoid,
+    "tanh_shrink": _tanh_shrink,
+    "sparse_sigmoid": _sparse_sigmoid,
+    "sparse_plus": _sparse_plus,
+    "squareplus": _squareplus_b(4),
+    "leaky_relu": _leaky_relu_slope(0.2),
+    "hard_shrink": _shrink("hard_shrink", 0.5),
+    "soft_shrink": _shrink("soft_shrink", 0.5),
+}
+# Activations over the last axis (a row at a time).
+_ROWWISE = {"softmax": _softmax, "log_softmax": _log_softmax}
+
+SUPPORTED_ACTIVATIONS = tuple(sorted(set(_SIMPLE) | set(_ROWWISE)))
+
+
+class Activation:
+    """A named activation (optionally with parameters) resolved to a numpy kernel.
+
+    `spec` is a name ("tanh") or a dict {"name": "relu", "max_value": 6.0, ...} as stored in
+    step_model.json. `rowwise` is True for softmax-type activations (act on the last axis).
+    """
+
+    __slots__ = ("spec", "fn", "rowwise", "is_linear")
+
+    def __init__(self, spec):
+        self.spec = spec
+        name, params = (spec, {}) if isinstance(spec, str) else (spec.get("name"), dict(spec))
+        params.pop("name", None)
+        self.rowwise = False
+        self.is_linear = name == "linear" and not params
+        if not params and name in _SIMPLE:
+            self.fn = _SIMPLE[name]
+        elif not params and name in _ROWWISE:
+            self.fn = _ROWWISE[name]
+            self.rowwise = True
+        elif name == "relu" and set(params) <= {"negative_slope", "max_value", "threshold"}:
+            self.fn = _relu_general(**params)
+        elif name == "leaky_relu" and set(params) <= {"negative_slope"}:
+            self.fn = _leaky_relu_slope(params.get("negative_slope", 0.2))
+        elif name == "elu" and set(params) <= {"alpha"}:
+            self.fn = _elu_alpha(params.get("alpha", 1.0))
+        elif name == "celu" and set(params) <= {"alpha"}:
+            self.fn = _celu_alpha(params.get("alpha", 1.0))
+        elif name == "gelu" and set(params) <= {"approximate"}:
+            self.fn = _gelu_approx(bool(params.get("approximate", False)))
+        elif name == "squareplus" and set(params) <= {"b"}:
+            self.fn = _squareplus_b(params.get("b", 4))
+        elif name in ("hard_shrink", "soft_shrink") and set(params) <= {"threshold"}:
+            self.fn = _shrink(name, params.get("threshold", 0.5))
+        elif name in ("softmax", "log_softmax") and params in ({"axis": -1},):
+            self.fn = _ROWWISE[name]
+            self.rowwise = True
+        else:
+            raise ModelError(
+                f"unsupported activation {spec!r}; supported: {', '.join(SUPPORTED_ACTIVATIONS)}"
+            )
+
+    def __call__(self, x, out=None):
+        return self.fn(x, x if out is None else out)
+
+
+def apply_gates(act: Activation, z: np.ndarray, units: int) -> None:
+    """Apply `act` in place to the gate block `z` (width k*units), gate by gate if row-wise."""
+    if not act.rowwise:
+        act.fn(z, z)
+        return
+    for k in range(z.shape[1] // units):
+        g = z[:, k * units:(k + 1) * units]
+        act.fn(g, g)
+
+
+# --------------------------------------------------------------------------------------------
+# Layer ops
+# --------------------------------------------------------------------------------------------
+
+
+def _f32(a, shape, what):
+    a = np.asarray(a, dtype=F32)
+    if a.shape != tuple(shape):
+        raise ModelError(f"{what} has shape {a.shape}, expected {tuple(shape)}")
+    return a
+
+
+class Op:
+    """One streaming layer. Subclasses set kind, in_size, out_size, state_blocks."""
+
+    kind = "op"
+    state_blocks: tuple = ()  # ((suffix, width), ...) in the order they sit in the flat state
+    offset = 0  # start of this op's state in the flat state vector (set by StepModel)
+
+    def __init__(self, name: str, in_size: int):
+        self.name = name
+        self.in_size = int(in_size)
+
+    @property
+    def state_size(self) -> int:
+        return sum(w for _, w in self.state_blocks)
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+    def params(self) -> dict:
+        return {}
+
+    def forward(self, x, state, new_state, keep):
+        raise NotImplementedError
+
+
+class DenseOp(Op):
+    kind = "dense"
+
+    def __init__(self, name, in_size, units, activation="linear", use_bias=True, kernel=None, bias=None):
+        super().__init__(name, in_size)
+        self.units = self.out_size = int(units)
+        self.activation = Activation(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel = _f32(kernel, (self.in_size, self.units), f"{name}: kernel")
+        self.bias = _f32(bias, (self.units,), f"{name}: bias") if self.use_bias else None
+
+    def config(self):
+        return {"kind": self.kind, "name": self.name, "units": self.units,
+                "activation": self.activation.spec, "use_bias": self.use_bias}
+
+    def params(self):
+        return {"kernel": self.kernel, **({"bias": self.bias} if self.use_bias else {})}
+
+    def forward(self, x, state, new_state, keep):
+        y = x @ self.kernel
+        if self.bias is not None:
+            y += self.bias
+        if not self.activation.is_linear:
+            self.activation.fn(y, y)
+        return y
+
+
+class ActivationOp(Op):
+    kind = "activation"
+
+    def __init__(self, name, in_size, activation):
+        super().__init__(name, in_size)
+        self.out_size = self.in_size
+        self.activation = Activation(activation)
+
+    def config(self):
+        return {"kind": self.kind, "name": self.name, "activation": self.activation.spec}
+
+    def forward(self, x, state, new_state, keep):
+        if self.activation.is_linear:
+            return x
+        return self.activation.fn(x, np.empty_like(x))
+
+
+class _RNNOp(Op):
+    """Shared plumbing of the recurrent ops: weights in Keras layout, masking of kept rows."""
+
+    gates = 1
+
+    def __init__(self, name, in_size, units, activation, recurrent_activation, use_bias,
+                 kernel, recurrent_kernel, bias, bias_shape=None):
+        super().__init__(name, in_size)
+        self.units = self.out_size = int(units)
+        self.activation = Activation(activation)
+        self.recurrent_activation = Activation(recurrent_activation) if recurrent_activation else None
+        self.use_bias = bool(use_bias)
+        g = self.gates * self.units
+        self.kernel = _f32(kernel, (self.in_size, g), f"{name}: kernel")
+        self.recurrent_kernel = _f32(recurrent_kernel, (self.units, g), f"{name}: recurrent_kernel")
+        self.bias = _f32(bias, bias_shape or (g,), f"{name}: bias") if self.use_bias else None
+
+    def config(self):
+        cfg = {"kind": self.kind, "name": self.name, "units": self.units,
+               "activation": self.activation.spec, "use_bias": self.use_bias}
+        if self.recurrent_activation is not None:
+            cfg["recurrent_activation"] = self.recurrent_activation.spec
+        return cfg
+
+    def params(self):
+        p = {"kernel": self.kernel, "recurrent_kernel": self.recurrent_kernel}
+        if self.use_bias:
+            p["bias"] = self.bias
+        return p
+
+    def _restore_masked(self, state, new_state, keep):
+        """Rows not in `keep` (masked steps) keep their whole previous state."""
+        if keep is not None:
+            drop = ~keep
+            s = self.offset
+            new_state[drop, s:s + self.state_size] = state[drop, s:s + self.state_size]
+
+
+class LSTMOp(_RNNOp):
+    """Keras LSTM cell. Gates are reordered from Keras (i, f, c, o) to (i, f, o, c) so that the
+    recurrent activation runs once over one contiguous block of three gates."""
+
+    kind = "lstm"
+    gates = 4
+
+    def __init__(self, name, in_size, units, activation="tanh", recurrent_activation="sigmoid",
+                 use_bias=True, kernel=None, recurrent_kernel=None, bias=None):
+        super().__init__(name, in_size, units, activation, recurrent_activation, use_bias,
+                         kernel, recurrent_kernel, bias)
+        u = self.units
+        self.state_blocks = (("h", u), ("c", u))
+        order = np.r_[0:2 * u, 3 * u:4 * u, 2 * u:3 * u]  # i f o c
+        self._wx = np.ascontiguousarray(self.kernel[:, order])
+        self._wh = np.ascontiguousarray(self.recurrent_kernel[:, order])
+        self._b = np.ascontiguousarray(self.bias[order]) if self.use_bias else None
+
+    def forward(self, x, state, new_state, keep):
+        u, s = self.units, self.offset
+        z = x @ self._wx
+        z += state[:, s:s + u] @ self._wh
+        if self._b is not None:
+            z += self._b
+        apply_gates(self.recurrent_activation, z[:, :3 * u], u)
+        g = z[:, 3 * u:]
+        self.activation.fn(g, g)
+        c_new = new_state[:, s + u:s + 2 * u]
+        np.multiply(z[:, u:2 * u], state[:, s + u:s + 2 * u], out=c_new)  # f * c
+        g *= z[:, :u]  # i * g
+        c_new += g
+        h_new = new_state[:, s:s + u]
+        np.multiply(z[:, 2 * u:3 * u], self.activation.fn(c_new, g), out=h_new)  # o * act(c)
+        self._restore_masked(state, new_state, keep)
+        return h_new
+
+
+class GRUOp(_RNNOp):
+    """Keras GRU cell (gate order z, r, h), reset_after True (v3/CuDNN style) or False (v1)."""
+
+    kind = "gru"
+    gates = 3
+
+    def __init__(self, name, in_size, units, activation="tanh", recurrent_activation="sigmoid",
+                 use_bias=True, reset_after=True, kernel=None, recurrent_kernel=None, bias=None):
+        self.reset_after = bool(reset_after)
+        u = int(units)
+        super().__init__(name, in_size, units, activation, recurrent_activation, use_bias,
+                         kernel, recurrent_kernel, bias,
+                         bias_shape=(2, 3 * u) if self.reset_after else (3 * u,))
+        self.state_blocks = (("h", u),)
+        self._wx = self.kernel
+        if self.reset_after:
+            self._wh = self.recurrent_kernel
+            if self.use_bias:
+                # z and r gates sum both biases; the candidate keeps them apart (r * (h U + b_rec)).
+                bx = self.bias[0].copy()
+                bx[:2 * u] += self.bias[1][:2 * u]
+                self._bx = bx
+                self._bh = np.ascontiguousarray(self.bias[1][2 * u:])
+            else:
+                self._bx = self._bh = None
+        else:
+            self._wh_zr = np.ascontiguousarray(self.recurrent_kernel[:, :2 * u])
+            self._wh_h = np.ascontiguousarray(self.recurrent_kernel[:, 2 * u:])
+            self._bx = self.bias if self.use_bias else None
+
+    def config(self):
+        cfg = super().config()
+        cfg["reset_after"] = self.reset_after
+        return cfg
+
+    def forward(self, x, state, new_state, keep):
+        u, s = self.units, self.offset
+        h = state[:, s:s + u]
+        xz = x @ self._wx
+        if self._bx is not None:
+            xz += self._bx
+        if self.reset_after:
+            hz = h @ self._wh
+            zr = xz[:, :2 * u]
+            zr += hz[:, :2 * u]
+            apply_gates(self.recurrent_activation, zr, u)
+            rh = hz[:, 2 * u:]
+            if self._bh is not None:
+                rh += self._bh
+            rh *= zr[:, u:]
+        else:
+            zr = xz[:, :2 * u]
+            zr += h @ self._wh_zr
+            apply_gates(self.recurrent_activation, zr, u)
+            rh = (zr[:, u:] * h) @ self._wh_h
+        hh = xz[:, 2 * u:]
+        hh += rh
+        self.activation.fn(hh, hh)
+        h_new = new_state[:, s:s + u]
+        # z * h + (1 - z) * hh  ==  hh + z * (h - hh)
+        np.subtract(h, hh, out=h_new)
+        h_new *= zr[:, :u]
+        h_new += hh
+        self._restore_masked(state, new_state, keep)
+        return h_new
+
+
+class SimpleRNNOp(_RNNOp):
+    kind = "simple_rnn"
+    gates = 1
+
+    def __init__(self, name, in_size, units, activation="tanh", use_bias=True,
+                 kernel=None, recurrent_kernel=None, bias=None):
+        super().__init__(name, in_size, units, activation, None, use_bias,
+                         kernel, recurrent_kernel, bias)
+        self.state_blocks = (("h", self.units),)
+
+    def forward(self, x, state, new_state, keep):
+        u, s = self.units, self.offset
+        z = x @ self.kernel
+        z += state[:, s:s + u] @ self.recurrent_kernel
+        if self.bias is not None:
+            z += self.bias
+        h_new = new_state[:, s:s + u]
+        self.activation.fn(z, h_new)
+        self._restore_masked(state, new_state, keep)
+        return h_new
+
+
+OPS = {cls.kind: cls for cls in (DenseOp, ActivationOp, LSTMOp, GRUOp, SimpleRNNOp)}
+
+
+def build_op(config: dict, in_size: int, params: dict) -> Op:
+    """Build an op from its step_model.json entry and its weights (Keras layout)."""
+    cfg = dict(config)
+    kind = cfg.pop("kind", None)
+    cls = OPS.get(kind)
+    if cls is None:
+        raise ModelError(f"unknown layer kind {kind!r} in step model spec; known: {', '.join(OPS)}")
+    try:
+        return cls(in_size=in_size, **cfg, **params)
+    except TypeError as exc:
+        raise ModelError(f"bad {kind} layer entry {config!r}: {exc}") from None

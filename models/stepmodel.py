@@ -1,0 +1,237 @@
+"""The streaming step model: a trained Keras RNN as a pure-numpy per-timestep function.
+
+A `StepModel` is a chain of layer ops (see `models.kernels`) with an explicit, flat float32
+state per stream. `step(x, state)` advances a batch of independent streams by one timestep;
+feeding a sequence one step at a time from `initial_state` reproduces the Keras model's
+full-sequence output at every step.
+
+On disk a step model is two files in a directory:
+  step_model.json  the spec: format, version, feature size, mask value, layer configs
+  step_model.npz   the weights, Keras layout, keys "<layer index>.<weight name>"
+The version is a content hash of the spec and the weights, so it changes exactly when the
+model's behaviour can change; `load` recomputes it and refuses a mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from models.errors import DataError, ModelError
+from models.kernels import F32, Op, build_op
+
+FORMAT = "rnn-streamer/step-model"
+FORMAT_VERSION = 1
+SPEC_FILE = "step_model.json"
+WEIGHTS_FILE = "step_model.npz"
+
+
+def _canonical_activation(spec):
+    return spec if isinstance(spec, str) else dict(sorted(spec.items()))
+
+
+def compute_version(spec: dict, weights: dict[str, np.ndarray]) -> str:
+    """Content hash (16 hex chars) of the behavioural spec and the weights."""
+    h = hashlib.sha256()
+    core = {k: spec[k] for k in ("feature_size", "mask_value", "layers")}
+    h.update(json.dumps(core, sort_keys=True, separators=(",", ":")).encode())
+    for key in sorted(weights):
+        a = np.ascontiguousarray(weights[key], dtype=F32)
+        h.update(f"|{key}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+class StepModel:
+    """A trained Keras RNN turned into a pure-numpy per-step function with explicit state."""
+
+    def __init__(self, layers: list[dict], weights: dict[str, np.ndarray], feature_size: int,
+                 mask_value: float | None = None, source: dict | None = None):
+        """Build from layer configs (step_model.json "layers") and weights keyed "<i>.<name>".
+
+        Raises ModelError when the configs and weights do not fit together.
+        """
+        if not isinstance(feature_size, int) or feature_size < 1:
+            raise ModelError(f"feature_size must be a positive integer, got {feature_size!r}")
+        if not layers:
+            raise ModelError("a step model needs at least one layer")
+        if mask_value is not None:
+            mask_value = float(mask_value)
+            if math.isnan(mask_value):
+                raise ModelError("mask_value NaN can never match (NaN != NaN); use a number")
+        self.feature_size = feature_size
+        self.mask_value = mask_value
+        self.source = dict(source or {})
+        ops: list[Op] = []
+        size = feature_size
+        offset = 0
+        used = set()
+        for i, cfg in enumerate(layers):
+            prefix = f"{i}."
+            params = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+            used.update(prefix + k for k in params)
+            try:
+                op = build_op(cfg, size, params)
+            except ModelError as exc:
+                raise ModelError(f"layer {i} ({cfg.get('name', '?')}): {exc}") from None
+            op.offset = offset
+            offset += op.state_size
+            size = op.out_size
+            ops.append(op)
+        extra = set(weights) - used
+        if extra:
+            raise ModelError(f"weights without a layer: {', '.join(sorted(extra))}")
+        self._ops = tuple(ops)
+        self.output_size = size
+        self.state_size = offset
+        self.state_layout = [(f"{op.name}/{suffix}", w) for op in ops for suffix, w in op.state_blocks]
+        self._last_is_stateful = bool(ops[-1].state_blocks)
+        self._mask = None if mask_value is None else F32(mask_value)
+        self.version = compute_version(self._spec_core(), self.weights())
+
+    # ---- spec -------------------------------------------------------------------------------
+    def _spec_core(self) -> dict:
+        return {"feature_size": self.feature_size, "mask_value": self.mask_value,
+                "layers": [op.config() for op in self._ops]}
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The weights in Keras layout, keyed "<layer index>.<name>" (what the .npz holds)."""
+        return {f"{i}.{k}": v for i, op in enumerate(self._ops) for k, v in op.params().items()}
+
+    @property
+    def layers(self) -> list[dict]:
+        return [op.config() for op in self._ops]
+
+    def describe(self) -> dict:
+        """Spec summary for manifests and metrics: layers, sizes, state layout, version."""
+        return {
+            "version": self.version,
+            "feature_size": self.feature_size,
+            "output_size": self.output_size,
+            "state_size": self.state_size,
+            "mask_value": self.mask_value,
+            "state_layout": [list(b) for b in self.state_layout],
+            "layers": self.layers,
+            "parameters": int(sum(v.size for v in self.weights().values())),
+        }
+
+    def __repr__(self) -> str:
+        kinds = "->".join(f"{op.kind}({op.out_size})" for op in self._ops)
+        return (f"StepModel(version={self.version}, features={self.feature_size}, {kinds}, "
+                f"state={self.state_size})")
+
+    # ---- stepping ---------------------------------------------------------------------------
+    def initial_state(self, n: int) -> np.ndarray:
+        """(n, S) float32 zeros: the state of n fresh streams."""
+        return np.zeros((int(n), self.state_size), dtype=F32)
+
+    def step(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Advance B streams by one timestep: x (B, F), state (B, S) -> (y (B, O), new_state (B, S)).
+
+        Pure: the inputs are not modified. With a mask value, a row whose features all equal it
+        keeps its state and yields the output for its previous state (Keras 3 masking).
+        """
+        if type(x) is not np.ndarray or x.dtype != F32:
+            x = np.asarray(x, dtype=F32)
+        if type(state) is not np.ndarray or state.dtype != F32:
+            state = np.asarray(state, dtype=F32)
+        if x.ndim != 2 or x.shape[1] != self.feature_size:
+            raise DataError(f"step input has shape {x.shape}, expected (batch, {self.feature_size})")
+        b = x.shape[0]
+        if state.shape != (b, self.state_size):
+            raise DataError(f"state has shape {state.shape}, expected ({b}, {self.state_size})")
+        new_state = np.empty_like(state)
+        keep = None
+        if self._mask is not None:
+            keep = (x != self._mask).any(axis=1)
+            if keep.all():
+                keep = None
+            else:
+                x = x * keep[:, None]  # Keras Masking zeroes masked steps
+        for op in self._ops:
+            x = op.forward(x, state, new_state, keep)
+        if self._last_is_stateful:
+            x = x.copy()  # never hand out a view into the state
+        return x, new_state
+
+    def run(self, xs: np.ndarray, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Step through a sequence: xs (T, F) -> (ys (T, O), final state (S,)), or a batch of
+        equal-length sequences xs (B, T, F) -> (ys (B, T, O), final states (B, S))."""
+        xs = np.asarray(xs, dtype=F32)
+        single = xs.ndim == 2
+        if single:
+            xs = xs[None]
+        if xs.ndim != 3 or xs.shape[2] != self.feature_size:
+            raise DataError(f"run input has shape {xs.shape}, expected (T, {self.feature_size}) "
+                            f"or (B, T, {self.feature_size})")
+        b, t, _ = xs.shape
+        if state is None:
+            state = self.initial_state(b)
+        else:
+            state = np.asarray(state, dtype=F32)
+            if single and state.ndim == 1:
+                state = state[None]
+        ys = np.empty((b, t, self.output_size), dtype=F32)
+        for i in range(t):
+            ys[:, i], state = self.step(xs[:, i], state)
+        if single:
+            return ys[0], state[0]
+        return ys, state
+
+    # ---- persistence ------------------------------------------------------------------------
+    def spec(self) -> dict:
+        """The content of step_model.json."""
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "version": self.version,
+                **self._spec_core(), "output_size": self.output_size,
+                "state_size": self.state_size,
+                "state_layout": [list(b) for b in self.state_layout],
+                "source": self.source}
+
+    def save(self, directory) -> None:
+        """Write directory/step_model.json and directory/step_model.npz (created if needed)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp_npz = d / (WEIGHTS_FILE + ".tmp.npz")
+        np.savez(tmp_npz, **self.weights())
+        os.replace(tmp_npz, d / WEIGHTS_FILE)
+        tmp_json = d / (SPEC_FILE + ".tmp")
+        tmp_json.write_text(json.dumps(self.spec(), indent=2) + "\n")
+        os.replace(tmp_json, d / SPEC_FILE)
+
+    @classmethod
+    def load(cls, directory) -> "StepModel":
+        """Read a directory written by `save`; ModelError if missing, malformed or tampered with."""
+        d = Path(directory)
+        spec_path, npz_path = d / SPEC_FILE, d / WEIGHTS_FILE
+        if not spec_path.is_file() or not npz_path.is_file():
+            raise ModelError(f"{d} is not a step model directory: expected {SPEC_FILE} and "
+                             f"{WEIGHTS_FILE}; create one with `streamer convert`")
+        try:
+            spec = json.loads(spec_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{spec_path}: not valid JSON ({exc})") from None
+        if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+            raise ModelError(f"{spec_path}: not a step model spec (format must be {FORMAT!r})")
+        if spec.get("format_version") != FORMAT_VERSION:
+            raise ModelError(f"{spec_path}: format_version {spec.get('format_version')!r} is not "
+                             f"supported (this build reads {FORMAT_VERSION}); re-run `streamer convert`")
+        try:
+            with np.load(npz_path, allow_pickle=False) as npz:
+                weights = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{npz_path}: cannot read weights ({exc})") from None
+        try:
+            model = cls(spec["layers"], weights, spec["feature_size"], spec.get("mask_value"),
+                        source=spec.get("source"))
+        except KeyError as exc:
+            raise ModelError(f"{spec_path}: missing field {exc}") from None
+        if spec.get("version") != model.version:
+            raise ModelError(f"{d}: the weights do not match the spec's version "
+                             f"({spec.get('version')!r} recorded, {model.version!r} computed); "
+                             "the artifact is corrupted or was edited; re-run `streamer convert`")
+        return model
