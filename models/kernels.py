@@ -259,13 +259,13 @@ def _relu_general(negative_slope=0.0, max_value=None, threshold=0.0):
         return _relu
 
     def relu(x, out):
-        # Keras: x >= threshold -> x (clipped at max_value); else negative_slope * (x - threshold)
-        pos = np.where(x >= threshold, x, F32(0))
+        # keras.activations.relu: x where x > threshold (else 0), clipped at max_value,
+        # minus negative_slope * relu(threshold - x).
+        pos = np.where(x > threshold, x, F32(0)) if threshold != 0 else np.maximum(x, F32(0))
         if max_value is not None:
-            pos = np.minimum(pos, max_value)
+            pos = np.clip(pos, F32(0), max_value)
         if negative_slope != 0:
-            neg = np.where(x < threshold, negative_slope * (x - threshold), F32(0))
-            pos = pos + neg
+            pos = pos - negative_slope * np.maximum(threshold - x, F32(0))
         return _assign(out, pos)
 
     return relu
