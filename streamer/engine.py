@@ -1,0 +1,421 @@
+"""The stateful step engine: polls of events in, per-step predictions out, many streams at once.
+
+For each poll the engine
+
+1. decodes and validates the messages (`streamer.schema.decode`); each bad one becomes a dead letter;
+2. expires idle streams (``ttl``), then finds or creates each event's state slot (`StateStore.acquire`);
+3. applies the steps in *waves*: wave w holds the w-th pending step of every stream that has one, so a
+   stream's steps run strictly in order while all streams advance together in one batched
+   ``model.step`` call per wave (gather state rows by slot -> step -> scatter);
+4. returns the predictions column by column (`Outputs`) plus the dead letters.
+
+Per-step rules (a stream's "last" step is -1 before its first one):
+
+- ``step`` absent: the step is last+1 (appended).
+- ``step`` <= last: a duplicate, skipped (no prediction, no state change); counted.
+- ``step`` > last+1: a gap, handled by ``on_gap``: ``apply`` (default: apply it on the current state,
+  counted), ``reject`` (dead letter ``step_gap``, state unchanged), ``reset`` (start the stream over
+  from a fresh state at that step). A new stream's first step is expected to be 0.
+- A chunk with ``step`` s covers s..s+k-1; an already applied prefix is skipped as duplicates, the rest
+  is applied, and its record starts at the first applied step.
+- ``reset``: the state is dropped before the event's steps; the step counter restarts at the event's
+  step (or 0 when absent).
+- ``end``: the state is freed after the event's steps are applied (not when the event was a duplicate or
+  rejected). A later event with that stream id starts a new stream.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from streamer import schema
+from streamer.metrics import Metrics
+from streamer.schema import Events, Rejection
+from streamer.state import StateStore
+from streamer.transports import Poll
+
+GAP_POLICIES = ("apply", "reject", "reset")
+DEFAULT_GAP_POLICY = "apply"
+
+_APPLIED, _DUPLICATE, _REJECTED = 0, 1, 2
+
+
+@dataclass
+class EngineConfig:
+    on_gap: str = DEFAULT_GAP_POLICY
+    max_streams: int | None = None  # None: unbounded; at the cap the least recently used stream is evicted
+    ttl: float | None = None  # seconds of idleness before a stream's state is freed; None: never
+    max_message_bytes: int = schema.DEFAULT_MAX_MESSAGE_BYTES
+    initial_capacity: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.on_gap not in GAP_POLICIES:
+            raise ValueError(f"on_gap must be one of {', '.join(GAP_POLICIES)}, got {self.on_gap!r}")
+        if self.max_streams is not None and self.max_streams < 1:
+            raise ValueError(f"max_streams must be >= 1, got {self.max_streams}")
+        if self.ttl is not None and not self.ttl > 0:
+            raise ValueError(f"ttl must be > 0 seconds, got {self.ttl}")
+        if self.max_message_bytes < 1:
+            raise ValueError(f"max_message_bytes must be >= 1, got {self.max_message_bytes}")
+
+
+@dataclass
+class Outputs:
+    """The predictions of one poll, in input order.
+
+    One record per event that applied at least one step: `stream_ids[r]`, `steps[r]` (its first applied
+    step), `ts[r]`, `chunk[r]`, and its predictions `predictions[start[r] : start[r] + length[r]]`.
+    `row_steps` gives the step of every prediction row.
+    """
+
+    model_version: str
+    stream_ids: list[str]
+    steps: np.ndarray
+    ts: list
+    chunk: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    predictions: np.ndarray  # (N, O) float32, one row per applied step
+    row_steps: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.stream_ids)
+
+    def row_stream_index(self) -> np.ndarray:
+        """(N,) the record index of every prediction row."""
+        return np.repeat(np.arange(len(self.stream_ids)), self.length)
+
+    def records(self) -> Iterator[dict]:
+        """The output records as dicts (see `streamer.schema` for the shape)."""
+        preds = self.predictions.tolist()
+        steps = self.steps.tolist()
+        starts = self.start.tolist()
+        lengths = self.length.tolist()
+        chunk = self.chunk.tolist()
+        for r, sid in enumerate(self.stream_ids):
+            rec: dict = {"stream_id": sid, "step": steps[r]}
+            a = starts[r]
+            if chunk[r]:
+                rec["predictions"] = preds[a:a + lengths[r]]
+            else:
+                rec["prediction"] = preds[a]
+            rec["model"] = self.model_version
+            if self.ts[r] is not None:
+                rec["ts"] = self.ts[r]
+            yield rec
+
+    def json_lines(self) -> list[str]:
+        """The output records as JSON texts (no newline), built without intermediate dicts."""
+        dumps = json.dumps
+        preds = self.predictions.tolist()
+        steps = self.steps.tolist()
+        tail = ',"model":' + dumps(self.model_version)
+        ts = self.ts
+        out = []
+        append = out.append
+        if not self.chunk.any():
+            for r, sid in enumerate(self.stream_ids):
+                t = ts[r]
+                append('{"stream_id":%s,"step":%d,"prediction":%s%s%s}' % (
+                    dumps(sid), steps[r], dumps(preds[r]), tail, "" if t is None else ',"ts":' + dumps(t)))
+            return out
+        starts = self.start.tolist()
+        lengths = self.length.tolist()
+        chunk = self.chunk.tolist()
+        for r, sid in enumerate(self.stream_ids):
+            a = starts[r]
+            t = ts[r]
+            if chunk[r]:
+                body = '"predictions":' + dumps(preds[a:a + lengths[r]])
+            else:
+                body = '"prediction":' + dumps(preds[a])
+            append('{"stream_id":%s,"step":%d,%s%s%s}' % (
+                dumps(sid), steps[r], body, tail, "" if t is None else ',"ts":' + dumps(t)))
+        return out
+
+
+@dataclass
+class PollResult:
+    outputs: Outputs
+    dead_letters: list[dict]
+    messages: int
+    seconds: float
+
+
+@dataclass
+class ApplyStats:
+    """What one `Engine.apply` call did (the engine's metrics are updated from it)."""
+
+    events: dict[str, int] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
+    waves: list[int] = field(default_factory=list)
+    gaps: int = 0
+    resets: int = 0
+    started: int = 0
+    ended: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    evicted: list[str] = field(default_factory=list)
+
+
+class Engine:
+    """Drives a StepModel for many concurrent streams. One engine per model; not thread-safe."""
+
+    def __init__(self, model, config: EngineConfig | None = None, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.model = model
+        self.config = config or EngineConfig()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.clock = clock
+        self.store = StateStore(model.state_size, model_version=model.version,
+                                initial_state=model.initial_state(1)[0],
+                                capacity=self.config.initial_capacity, max_streams=self.config.max_streams)
+        self.metrics.set_model(model)
+        self._empty_outputs = self._outputs_of(Events.from_arrays([], np.empty((0, model.feature_size))),
+                                               np.empty(0, np.int64), np.empty(0, np.int64),
+                                               np.empty((0, model.output_size), np.float32))
+
+    # ------------------------------------------------------------------ polls (raw messages)
+
+    def process(self, poll: Poll) -> PollResult:
+        """Decode, apply and account one poll of raw messages."""
+        m = self.metrics
+        events, rejected = schema.decode(poll.messages, self.model.feature_size,
+                                         self.config.max_message_bytes, poll.partitions)
+        m.count_events("invalid", len(rejected))
+        outputs, more = self.apply(events)
+        rejected.extend(more)
+        dead = []
+        if rejected:
+            rejected.sort(key=lambda r: r.index)
+            dead = [schema.dead_letter(r.code, r.detail, poll.source(r.index), poll.messages[r.index])
+                    for r in rejected]
+            m.count_dead_letters(r.code for r in rejected)
+        seconds = time.perf_counter() - poll.received
+        m.polls.inc()
+        m.poll_duration.observe(seconds)
+        m.event_latency.observe(seconds, len(poll.messages))
+        return PollResult(outputs=outputs, dead_letters=dead, messages=len(poll.messages), seconds=seconds)
+
+    # ------------------------------------------------------------------ decoded events
+
+    def apply(self, ev: Events, now: float | None = None) -> tuple[Outputs, list[Rejection]]:
+        """Apply decoded events (in order); returns their outputs and the engine's own rejections."""
+        now = self.clock() if now is None else now
+        store = self.store
+        stats = ApplyStats()
+        stats.expired = store.expire(now, self.config.ttl)
+        rejections: list[Rejection] = []
+        if len(ev):
+            slots, stats.started, stats.evicted = store.acquire(ev.stream_ids, now, ev.partitions)
+            if slots.min() < 0:
+                refused = slots < 0
+                rejections.extend(Rejection(int(ev.index[e]), schema.STREAM_LIMIT,
+                                            f"stream {ev.stream_ids[e]!r} refused: this poll names more new "
+                                            f"streams than --max-streams={self.config.max_streams} leaves room for")
+                                  for e in np.flatnonzero(refused))
+                stats.events["refused"] = int(refused.sum())
+                ev = schema.select(ev, ~refused)
+                slots = slots[~refused]
+        if len(ev):
+            outputs = self._apply_waves(ev, slots, stats, rejections)
+        else:
+            outputs = self._empty_outputs
+        if len(ev) and ev.ts.count(None) < len(ev.ts):
+            self._observe_lag(ev, now)
+        self._account(stats)
+        return outputs, rejections
+
+    def _apply_waves(self, ev: Events, slots: np.ndarray, stats: ApplyStats,
+                     rejections: list[Rejection]) -> Outputs:
+        store, model = self.store, self.model
+        n_events = len(ev)
+        counts = ev.counts
+        n_rows = int(counts.sum())
+        if n_rows == n_events:  # no chunks: one row per event
+            row_event = np.arange(n_events)
+            row_slot = slots
+            given = ev.steps
+            row_first = row_last = None
+        else:
+            row_event = np.repeat(np.arange(n_events), counts)
+            starts = np.cumsum(counts) - counts
+            row_off = np.arange(n_rows) - starts[row_event]
+            row_slot = slots[row_event]
+            given = ev.steps[row_event]
+            given = np.where(given >= 0, given + row_off, -1)
+            row_first = row_off == 0
+            row_last = row_off == counts[row_event] - 1
+        row_reset = None
+        if ev.reset.any():
+            row_reset = ev.reset[row_event] if row_first is None else ev.reset[row_event] & row_first
+        row_end = None
+        if ev.end.any():
+            row_end = ev.end[row_event] if row_last is None else ev.end[row_event] & row_last
+            ending = np.zeros(store.capacity, bool)
+
+        waves = self._waves(row_slot, store.capacity)
+        status = np.zeros(n_rows, np.int8)
+        out_step = np.empty(n_rows, np.int64)
+        y_all = np.empty((n_rows, model.output_size), np.float32)
+        x_all = ev.features
+        policy = self.config.on_gap
+        gap_info: dict[int, tuple[int, int]] = {}
+        for rows in waves:
+            s = row_slot[rows]
+            if row_reset is not None:
+                rr = row_reset[rows]
+                if rr.any():
+                    g = given[rows][rr]
+                    store.restart(s[rr], np.where(g >= 0, g - 1, -1))
+                    stats.resets += int(rr.sum())
+            last = store.last_step[s]
+            g = given[rows]
+            step = np.where(g >= 0, g, last + 1)
+            delta = step - last
+            if not (delta == 1).all():
+                dup = delta <= 0
+                gap = delta > 1
+                n_gap = int(gap.sum())
+                go = ~dup
+                if n_gap:
+                    stats.gaps += n_gap
+                    if policy == "reject":
+                        status[rows[gap]] = _REJECTED
+                        go &= ~gap
+                        for r, st, la in zip(rows[gap].tolist(), step[gap].tolist(), last[gap].tolist()):
+                            gap_info.setdefault(int(row_event[r]), (st, la))
+                    elif policy == "reset":
+                        store.restart(s[gap], step[gap] - 1)
+                status[rows[dup]] = _DUPLICATE
+                rows, s, step = rows[go], s[go], step[go]
+                if len(rows) == 0:
+                    continue
+            y, new_state = model.step(x_all[rows], store.state[s])
+            store.write(s, new_state, step)
+            y_all[rows] = y
+            out_step[rows] = step
+            stats.waves.append(len(rows))
+            if row_end is not None:
+                ending[s] = False  # a stream that goes on after an end in this poll is a new stream
+                e = row_end[rows]
+                if e.any():
+                    ending[s[e]] = True
+                    store.restart(s[e], -1)
+        if row_end is not None:
+            stats.ended = store.free(np.flatnonzero(ending))
+
+        # ---- accounting and outputs
+        if status.any():
+            applied = np.flatnonzero(status == _APPLIED)
+            n_dup = int((status == _DUPLICATE).sum())
+            n_rej = int((status == _REJECTED).sum())
+            stats.steps = {"applied": len(applied), "duplicate": n_dup, "rejected": n_rej}
+            ev_applied = np.bincount(row_event[applied], minlength=n_events) > 0
+            ev_rejected = np.zeros(n_events, bool)
+            if n_rej:
+                ev_rejected[row_event[status == _REJECTED]] = True
+                ev_rejected &= ~ev_applied
+                for e in np.flatnonzero(ev_rejected).tolist():
+                    st, la = gap_info[e]
+                    rejections.append(Rejection(int(ev.index[e]), schema.STEP_GAP,
+                                                f"stream {ev.stream_ids[e]!r}: step {st} skips ahead of the next "
+                                                f"step {la + 1} (--on-gap reject)"))
+            stats.events = {**stats.events, "applied": int(ev_applied.sum()), "rejected": int(ev_rejected.sum()),
+                            "duplicate": int(n_events - ev_applied.sum() - ev_rejected.sum())}
+            return self._outputs_of(ev, row_event[applied], out_step[applied], y_all[applied])
+        stats.steps = {"applied": n_rows}
+        stats.events = {**stats.events, "applied": n_events}
+        if n_rows == n_events:
+            return self._outputs_of(ev, None, out_step, y_all)
+        return self._outputs_of(ev, row_event, out_step, y_all)
+
+    @staticmethod
+    def _waves(row_slot: np.ndarray, capacity: int) -> list[np.ndarray]:
+        """Row indices per wave: wave w holds each stream's w-th row, in input order."""
+        n = len(row_slot)
+        if n == 1 or np.bincount(row_slot, minlength=capacity).max() == 1:
+            return [np.arange(n)]
+        order = np.argsort(row_slot, kind="stable")
+        sorted_slots = row_slot[order]
+        group_start = np.flatnonzero(np.r_[True, sorted_slots[1:] != sorted_slots[:-1]])
+        sizes = np.diff(np.r_[group_start, n])
+        rank_sorted = np.arange(n) - np.repeat(group_start, sizes)
+        rank = np.empty(n, np.int64)
+        rank[order] = rank_sorted
+        by_wave = np.argsort(rank, kind="stable")
+        bounds = np.cumsum(np.bincount(rank))
+        return np.split(by_wave, bounds[:-1])
+
+    def _outputs_of(self, ev: Events, row_event: np.ndarray | None, row_steps: np.ndarray,
+                    preds: np.ndarray) -> Outputs:
+        """Group applied rows (in input order) into one record per event."""
+        n = len(row_steps)
+        if row_event is None:  # one applied row per event, all events
+            return Outputs(self.model.version, ev.stream_ids, row_steps, ev.ts, ev.chunk,
+                           np.arange(n), np.ones(n, np.int64), preds, row_steps)
+        if n:
+            first = np.flatnonzero(np.r_[True, row_event[1:] != row_event[:-1]])
+        else:
+            first = np.empty(0, np.int64)
+        rec_event = row_event[first]
+        length = np.diff(np.r_[first, n])
+        ids = ev.stream_ids
+        ts = ev.ts
+        return Outputs(self.model.version, [ids[e] for e in rec_event.tolist()], row_steps[first],
+                       [ts[e] for e in rec_event.tolist()], ev.chunk[rec_event], first, length, preds, row_steps)
+
+    def _observe_lag(self, ev: Events, now: float) -> None:
+        ts = np.array([t for t in ev.ts if t is not None], dtype=np.float64)
+        self.metrics.event_lag.observe_many(now - ts / 1000.0)
+
+    def _account(self, stats: ApplyStats) -> None:
+        m = self.metrics
+        for outcome, n in stats.events.items():
+            m.count_events(outcome, n)
+        for outcome, n in stats.steps.items():
+            m.count_steps(outcome, n)
+        applied = stats.steps.get("applied", 0)
+        if applied:
+            m.predictions.inc(applied)
+        for n in stats.waves:
+            m.wave_size.observe(n)
+        if stats.gaps:
+            m.gaps.inc(stats.gaps)
+        if stats.resets:
+            m.resets.inc(stats.resets)
+        if stats.started:
+            m.streams_started.inc(stats.started)
+        m.count_freed("end", len(stats.ended))
+        m.count_freed("expired", len(stats.expired))
+        m.count_freed("evicted", len(stats.evicted))
+        m.active_streams.set(len(self.store))
+        m.state_capacity.set(self.store.capacity)
+
+    # ------------------------------------------------------------------ partitions (Kafka)
+
+    def drop_partition(self, partition: int) -> list[str]:
+        dropped = self.store.drop_partition(partition)
+        self.metrics.count_freed("dropped", len(dropped))
+        self.metrics.active_streams.set(len(self.store))
+        return dropped
+
+
+def run(engine: Engine, polls, sink, on_result: Callable[[PollResult], None] | None = None) -> dict:
+    """Feed every poll through the engine into the sink; returns totals."""
+    totals = {"polls": 0, "messages": 0, "records": 0, "predictions": 0, "dead_letters": 0}
+    for poll in polls:
+        result = engine.process(poll)
+        sink.write(result)
+        totals["polls"] += 1
+        totals["messages"] += result.messages
+        totals["records"] += len(result.outputs)
+        totals["predictions"] += len(result.outputs.predictions)
+        totals["dead_letters"] += len(result.dead_letters)
+        if on_result is not None:
+            on_result(result)
+    return totals

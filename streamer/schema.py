@@ -1,0 +1,365 @@
+"""The event schema: what comes in, what goes out, and what a dead letter looks like.
+
+Input (one JSON object in UTF-8 per Kafka message or JSONL line)::
+
+    {"stream_id": "s-17", "step": 42, "features": [0.1, 0.2, 0.3, 0.4, 0.5], "ts": 1718000000000}
+    {"stream_id": "s-17", "step": 43, "features": [[...], [...], [...]]}      # a chunk of 3 steps
+    {"stream_id": "s-17", "features": [...], "end": true}                     # no step: appended
+
+- ``stream_id`` (required): a non-empty string of at most 256 characters.
+- ``features`` (required): a list of exactly F numbers (F = the model's feature size), or a non-empty
+  list of such lists (a chunk of consecutive steps). Numbers are JSON integers or floats; booleans,
+  strings, NaN and +-Infinity (and numbers too large for float32) are refused.
+- ``step`` (optional, recommended): an integer 0 <= step <= 2**53-1 (a JSON integer, not 3.0).
+  A chunk with ``step`` s covers steps s..s+k-1.
+- ``reset`` / ``end`` (optional): JSON booleans.
+- ``ts`` (optional): event time, epoch milliseconds, a number from 0 to 2**53; passed through to the output.
+- ``null`` counts as absent for the optional fields; unknown fields are ignored.
+
+Every message that breaks a rule becomes exactly one dead letter (`dead_letter`), with the first
+failing check (in the order of `ERROR_CODES`) as its code.
+
+Output, one record per input event that applied at least one step::
+
+    {"stream_id": "s-17", "step": 42, "prediction": [0.93, 0.07], "model": "3f2a...", "ts": 1718000000000}
+    {"stream_id": "s-17", "step": 43, "predictions": [[...], [...], [...]], "model": "3f2a..."}
+
+A chunk gives one record whose ``step`` is its first *applied* step. Float32 values are written
+exactly (as the shortest float64 text of the float32 value), so they round-trip bit for bit.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any, Sequence
+
+import numpy as np
+
+MAX_STREAM_ID_CHARS = 256
+MAX_STEP = 2**53 - 1
+MAX_TS = 2**53  # epoch milliseconds; far beyond any real date, and exact in float64
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB
+DEAD_LETTER_PAYLOAD_LIMIT = 4096  # bytes of an oversized message kept in its dead letter
+
+# Stable error codes (dead letter "error" field and the `reason` label of streamer_dead_letters_total).
+# Schema checks, in the order they are applied:
+MESSAGE_TOO_LARGE = "message_too_large"
+INVALID_UTF8 = "invalid_utf8"
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_STREAM_ID = "missing_stream_id"
+INVALID_STREAM_ID = "invalid_stream_id"
+MISSING_FEATURES = "missing_features"
+INVALID_FEATURES = "invalid_features"
+RAGGED_CHUNK = "ragged_chunk"
+WRONG_FEATURE_COUNT = "wrong_feature_count"
+INVALID_STEP = "invalid_step"
+INVALID_RESET = "invalid_reset"
+INVALID_END = "invalid_end"
+INVALID_TS = "invalid_ts"
+NON_FINITE_FEATURES = "non_finite_features"
+# Engine decisions:
+STEP_GAP = "step_gap"  # a gap under --on-gap reject
+STREAM_LIMIT = "stream_limit"  # one poll names more new streams than --max-streams allows
+
+SCHEMA_ERROR_CODES = (
+    MESSAGE_TOO_LARGE, INVALID_UTF8, INVALID_JSON, NOT_AN_OBJECT, MISSING_STREAM_ID, INVALID_STREAM_ID,
+    MISSING_FEATURES, INVALID_FEATURES, RAGGED_CHUNK, WRONG_FEATURE_COUNT, INVALID_STEP, INVALID_RESET,
+    INVALID_END, INVALID_TS, NON_FINITE_FEATURES,
+)
+ERROR_CODES = SCHEMA_ERROR_CODES + (STEP_GAP, STREAM_LIMIT)
+
+_NUMBER_TYPES = frozenset((int, float))
+_TS_TYPES = (int, float)
+
+
+class EventError(ValueError):
+    """One message breaks the schema: `code` is a stable snake_case code, the message the detail."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass
+class Events:
+    """The valid events of one poll, column by column (the engine's input).
+
+    Event ``e`` covers rows ``offsets[e] : offsets[e] + counts[e]`` of `features`.
+    """
+
+    stream_ids: list[str]
+    steps: np.ndarray  # (E,) int64, -1 where absent
+    counts: np.ndarray  # (E,) int64 >= 1, steps in the event
+    chunk: np.ndarray  # (E,) bool: features was a list of lists (output uses "predictions")
+    reset: np.ndarray  # (E,) bool
+    end: np.ndarray  # (E,) bool
+    ts: list  # (E,) the original ts values (int/float) or None
+    features: np.ndarray  # (R, F) float32, R = counts.sum()
+    index: np.ndarray  # (E,) int64: the message's position in its poll
+    partitions: np.ndarray | None = None  # (E,) int64 source partition, or None
+
+    def __len__(self) -> int:
+        return len(self.stream_ids)
+
+    @classmethod
+    def from_arrays(cls, stream_ids: Sequence[str], features: np.ndarray, steps=None, *, reset=None,
+                    end=None, ts=None, partitions=None) -> "Events":
+        """Single-step events built in-process (trusted input: no validation). `features` is (E, F)."""
+        n = len(stream_ids)
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        if x.ndim != 2 or x.shape[0] != n:
+            raise ValueError(f"features must be (E, F) with E={n}, got {x.shape}")
+        flags = np.zeros(n, dtype=bool)
+        return cls(
+            stream_ids=list(stream_ids),
+            steps=np.full(n, -1, np.int64) if steps is None else np.asarray(steps, np.int64),
+            counts=np.ones(n, np.int64),
+            chunk=flags,
+            reset=flags if reset is None else np.asarray(reset, bool),
+            end=flags if end is None else np.asarray(end, bool),
+            ts=[None] * n if ts is None else list(ts),
+            features=x,
+            index=np.arange(n, dtype=np.int64),
+            partitions=None if partitions is None else np.asarray(partitions, np.int64),
+        )
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A message refused by the schema or the engine: its position in the poll, code and detail."""
+
+    index: int
+    code: str
+    detail: str
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _check_features(feats: Any, feature_size: int) -> tuple[bool, int]:
+    """(is_chunk, number of steps); raises EventError. Finiteness is checked later, vectorised."""
+    if feats is None:
+        raise EventError(MISSING_FEATURES, "'features' is missing")
+    if type(feats) is not list or not feats:
+        raise EventError(INVALID_FEATURES, "'features' must be a non-empty list of numbers or of lists of numbers")
+    if type(feats[0]) is list:
+        width = len(feats[0])
+        for row in feats:
+            if type(row) is not list:
+                raise EventError(INVALID_FEATURES, "a chunk's 'features' must be a list of lists of numbers")
+            if len(row) != width:
+                raise EventError(RAGGED_CHUNK, f"chunk rows have different lengths ({width} and {len(row)})")
+        if width != feature_size:
+            raise EventError(WRONG_FEATURE_COUNT, f"each chunk row needs {feature_size} features, got {width}")
+        if not set(map(type, chain.from_iterable(feats))) <= _NUMBER_TYPES:
+            raise EventError(INVALID_FEATURES, "features must be numbers (not booleans, strings, lists or null)")
+        return True, len(feats)
+    if len(feats) != feature_size:
+        raise EventError(WRONG_FEATURE_COUNT, f"'features' needs {feature_size} numbers, got {len(feats)}")
+    if not set(map(type, feats)) <= _NUMBER_TYPES:
+        raise EventError(INVALID_FEATURES, "features must be numbers (not booleans, strings, lists or null)")
+    return False, 1
+
+
+def _check_flag(obj: dict, name: str, code: str) -> bool:
+    value = obj.get(name)
+    if value is None or value is False:
+        return False
+    if value is True:
+        return True
+    raise EventError(code, f"'{name}' must be true or false, got {_short(value)}")
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def decode(messages: Sequence[bytes | str], feature_size: int,
+           max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+           partitions: Sequence[int] | np.ndarray | None = None) -> tuple[Events, list[Rejection]]:
+    """Parse and validate a poll of raw messages into `Events` plus one `Rejection` per bad message.
+
+    This is the hot path: one json.loads and a handful of type checks per message, then one
+    numpy conversion and one finiteness check for the whole poll.
+    """
+    loads = json.loads
+    number_types = _NUMBER_TYPES
+    rejected: list[Rejection] = []
+    sids: list[str] = []
+    steps: list[int] = []
+    counts: list[int] = []
+    chunks: list[bool] = []
+    resets: list[bool] = []
+    ends: list[bool] = []
+    tss: list = []
+    index: list[int] = []
+    rows: list = []
+    for i, raw in enumerate(messages):
+        try:
+            size = len(raw) if type(raw) is bytes else len(raw.encode("utf-8", "surrogatepass"))
+            if size > max_message_bytes:
+                raise EventError(MESSAGE_TOO_LARGE, f"message exceeds the limit of {max_message_bytes} bytes "
+                                                    "(--max-message-bytes)")
+            try:
+                obj = loads(raw.decode("utf-8") if type(raw) is bytes else raw)
+            except UnicodeDecodeError as exc:
+                raise EventError(INVALID_UTF8, f"message is not valid UTF-8 ({exc.reason} at byte {exc.start})")
+            except (ValueError, RecursionError) as exc:
+                raise EventError(INVALID_JSON, f"message is not valid JSON ({str(exc)[:120]})")
+            if type(obj) is not dict:
+                raise EventError(NOT_AN_OBJECT, f"message must be a JSON object, got {type(obj).__name__}")
+            sid = obj.get("stream_id")
+            if type(sid) is not str or not 0 < len(sid) <= MAX_STREAM_ID_CHARS:
+                if sid is None:
+                    raise EventError(MISSING_STREAM_ID, "'stream_id' is missing")
+                raise EventError(INVALID_STREAM_ID, f"'stream_id' must be a non-empty string of at most "
+                                                    f"{MAX_STREAM_ID_CHARS} characters, got {_short(sid)}")
+            feats = obj.get("features")
+            # the common case inline: one step of F plain numbers
+            if type(feats) is list and len(feats) == feature_size and set(map(type, feats)) <= number_types:
+                is_chunk, k = False, 1
+            else:
+                is_chunk, k = _check_features(feats, feature_size)
+            step = obj.get("step")
+            if step is None:
+                step = -1
+            elif type(step) is not int or not 0 <= step <= MAX_STEP - k + 1:
+                raise EventError(INVALID_STEP, f"'step' must be an integer from 0 to {MAX_STEP}, got {_short(step)}")
+            reset = _check_flag(obj, "reset", INVALID_RESET) if "reset" in obj else False
+            end = _check_flag(obj, "end", INVALID_END) if "end" in obj else False
+            ts = obj.get("ts")
+            if ts is not None and (type(ts) not in _TS_TYPES or not 0 <= ts <= MAX_TS):
+                raise EventError(INVALID_TS, f"'ts' must be epoch milliseconds (a finite number >= 0), got {_short(ts)}")
+        except EventError as exc:
+            rejected.append(Rejection(i, exc.code, exc.detail))
+            continue
+        sids.append(sid)
+        steps.append(step)
+        counts.append(k)
+        chunks.append(is_chunk)
+        resets.append(reset)
+        ends.append(end)
+        tss.append(ts)
+        index.append(i)
+        if is_chunk:
+            rows.extend(feats)
+        else:
+            rows.append(feats)
+    events = Events(
+        stream_ids=sids,
+        steps=np.array(steps, dtype=np.int64),
+        counts=np.array(counts, dtype=np.int64),
+        chunk=np.array(chunks, dtype=bool),
+        reset=np.array(resets, dtype=bool),
+        end=np.array(ends, dtype=bool),
+        ts=tss,
+        features=_to_float32(rows, feature_size),
+        index=np.array(index, dtype=np.int64),
+    )
+    bad = _non_finite_events(events)
+    if bad is not None:
+        for e in np.flatnonzero(bad):
+            rejected.append(Rejection(int(events.index[e]), NON_FINITE_FEATURES,
+                                      "features must be finite float32 numbers (no NaN, Infinity or overflow)"))
+        events = select(events, ~bad)
+        rejected.sort(key=lambda r: r.index)
+    if partitions is not None:
+        events.partitions = np.asarray(partitions, dtype=np.int64)[events.index]
+    return events, rejected
+
+
+def _to_float32(rows: list, feature_size: int) -> np.ndarray:
+    if not rows:
+        return np.empty((0, feature_size), dtype=np.float32)
+    with np.errstate(over="ignore"):  # numbers beyond float32 become inf and are refused below
+        try:
+            return np.array(rows, dtype=np.float32)
+        except OverflowError:  # an integer beyond float64: row by row, marking that row non-finite
+            out = np.empty((len(rows), feature_size), dtype=np.float32)
+            for r, row in enumerate(rows):
+                try:
+                    out[r] = row
+                except OverflowError:
+                    out[r] = np.inf
+            return out
+
+
+def _non_finite_events(events: Events) -> np.ndarray | None:
+    """Bool mask of events with a non-finite feature, or None when all are finite (the usual case)."""
+    x = events.features
+    if x.size == 0 or np.isfinite(x.sum(dtype=np.float64)):
+        return None  # one reduction proves every value finite
+    bad_rows = ~np.isfinite(x).all(axis=1)
+    row_event = np.repeat(np.arange(len(events)), events.counts)
+    return np.bincount(row_event[bad_rows], minlength=len(events)) > 0
+
+
+def select(events: Events, keep: np.ndarray) -> Events:
+    """The events where the bool mask `keep` is true (rows follow their events)."""
+    row_keep = np.repeat(keep, events.counts)
+    idx = np.flatnonzero(keep)
+    return Events(
+        stream_ids=[events.stream_ids[e] for e in idx],
+        steps=events.steps[keep],
+        counts=events.counts[keep],
+        chunk=events.chunk[keep],
+        reset=events.reset[keep],
+        end=events.end[keep],
+        ts=[events.ts[e] for e in idx],
+        features=events.features[row_keep],
+        index=events.index[keep],
+        partitions=None if events.partitions is None else events.partitions[keep],
+    )
+
+
+# --------------------------------------------------------------------------- dead letters
+
+
+def dead_letter(code: str, detail: str, source: Any, payload: bytes | str) -> dict:
+    """A dead-letter record.
+
+    ``{"error": code, "detail": text, "source": {...}, "payload": text}``. `source` is the transport's
+    description of where the message came from: ``{"file": "events.jsonl", "line": 12}`` for JSONL,
+    ``{"topic": "events", "partition": 3, "offset": 1042}`` for Kafka. `payload` is the original message
+    as text when it is valid UTF-8; otherwise it is the base64 of the raw bytes and the record has
+    ``"payload_encoding": "base64"``. An oversized message keeps only its first 4096 bytes and is marked
+    ``"payload_truncated": true``.
+    """
+    record: dict = {"error": code, "detail": detail, "source": source}
+    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload)
+    truncated = len(raw) > DEAD_LETTER_PAYLOAD_LIMIT and code == MESSAGE_TOO_LARGE
+    if truncated:
+        raw = raw[:DEAD_LETTER_PAYLOAD_LIMIT]
+    text = _utf8_or_none(raw, allow_cut_tail=truncated)
+    if text is None:
+        record["payload"] = base64.b64encode(raw).decode("ascii")
+        record["payload_encoding"] = "base64"
+    else:
+        record["payload"] = text
+    if truncated:
+        record["payload_truncated"] = True
+    return record
+
+
+def _utf8_or_none(raw: bytes, allow_cut_tail: bool) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if allow_cut_tail and exc.start >= len(raw) - 3 and exc.reason == "unexpected end of data":
+            return raw[: exc.start].decode("utf-8", "strict")  # a character cut by the truncation
+        return None
+
+
+def payload_bytes(record: dict) -> bytes:
+    """The original message bytes (or their kept prefix) from a dead-letter record."""
+    if record.get("payload_encoding") == "base64":
+        return base64.b64decode(record["payload"])
+    return record["payload"].encode("utf-8")
+
