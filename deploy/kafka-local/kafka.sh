@@ -10,7 +10,8 @@
 #   kafka.sh logs     print the end of the broker log
 #
 # Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1), KAFKA_START_TIMEOUT (120 s),
-# KAFKA_STOP_TIMEOUT (30 s), KAFKA_HEAP_OPTS (-Xmx512m -Xms128m), KAFKA_LOCAL_DIR (<repo>/.kafka).
+# KAFKA_STOP_TIMEOUT (30 s), KAFKA_HEAP_OPTS (-Xmx512m -Xms128m), KAFKA_JVM_OPTS (G1, 20 ms pauses),
+# KAFKA_LOCAL_DIR (<repo>/.kafka).
 # Clients connect to 127.0.0.1:$KAFKA_PORT. Nothing listens on anything but 127.0.0.1.
 set -euo pipefail
 
@@ -27,6 +28,7 @@ LOG="$STATE/kafka.log"
 START_TIMEOUT=${KAFKA_START_TIMEOUT:-120}
 STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
 HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xmx512m -Xms128m}
+JVM_OPTS=${KAFKA_JVM_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20}
 READY_MARK='Kafka Server started'
 
 say() { echo "kafka.sh: $*" >&2; }
@@ -169,7 +171,7 @@ cmd_up() {
     # The inner bash writes its own pid, then execs java, so the pid file names the JVM.
     # shellcheck disable=SC2086
     setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDFILE" \
-      java $HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+      java $HEAP_OPTS $JVM_OPTS -Djava.awt.headless=true \
       -Dlog4j2.configurationFile="$HERE/log4j2.properties" \
       -cp "$LIB/*" kafka.Kafka "$CONF" </dev/null >>"$LOG" 2>&1 9>&- &
     say "starting on 127.0.0.1:$PORT (controller 127.0.0.1:$CPORT), log $LOG"
