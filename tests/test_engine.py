@@ -1,0 +1,326 @@
+"""The step engine: parity with offline runs, per-stream ordering, duplicates, gaps, end, reset, TTL, cap."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streamer import schema
+from streamer.engine import Engine, EngineConfig, run
+from streamer.metrics import Metrics
+from streamer.schema import Events
+from streamer.transports.testing import TestingSource, TestingSink
+from tests.streamer_helpers import event, lstm_step_model
+
+F = 3
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def model():
+    return lstm_step_model(F, (6, 4), 2, seed=3)
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make(model, clock=None, **config):
+    metrics = Metrics(CollectorRegistry())
+    engine = Engine(model, EngineConfig(**config), metrics=metrics, clock=clock or Clock())
+    return engine, metrics
+
+
+def feed(engine, messages, batch_size=1000):
+    sink = TestingSink()
+    run(engine, TestingSource(messages, batch_size=batch_size).polls(), sink)
+    return sink
+
+
+def value(metrics, name, **labels):
+    v = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if v is None else v
+
+
+def preds_of(records, sid):
+    out = {}
+    for r in records:
+        if r["stream_id"] != sid:
+            continue
+        rows = r["predictions"] if "predictions" in r else [r["prediction"]]
+        for j, p in enumerate(rows):
+            assert r["step"] + j not in out, "a step was predicted twice"
+            out[r["step"] + j] = p
+    return out
+
+
+def interleaved(rng, sequences, chunk_prob=0.2, with_steps=True):
+    """Messages in random order across streams, in order within each, some chunks."""
+    pieces = {}
+    for sid, x in sequences.items():
+        t, items = 0, []
+        while t < len(x):
+            k = int(rng.integers(2, 6)) if rng.random() < chunk_prob else 1
+            k = min(k, len(x) - t)
+            feats = x[t:t + k].tolist() if k > 1 else x[t].tolist()
+            obj = {"stream_id": sid, "features": feats}
+            if with_steps:
+                obj["step"] = t
+            items.append(json.dumps(obj).encode())
+            t += k
+        pieces[sid] = items
+    order = np.concatenate([[sid] * len(v) for sid, v in pieces.items()])
+    rng.shuffle(order)
+    cursor = {sid: 0 for sid in pieces}
+    out = []
+    for sid in order:
+        out.append(pieces[sid][cursor[sid]])
+        cursor[sid] += 1
+    return out
+
+
+@pytest.mark.parametrize("batch_size,with_steps", [(1, True), (7, True), (64, False), (100000, True)])
+def test_interleaved_streams_match_offline_runs(model, batch_size, with_steps):
+    rng = np.random.default_rng(batch_size)
+    seqs = {f"s{i}": rng.random((int(rng.integers(1, 40)), F), dtype=np.float32) for i in range(25)}
+    engine, metrics = make(model)
+    sink = feed(engine, interleaved(rng, seqs, with_steps=with_steps), batch_size)
+    assert sink.dead_letters == []
+    for sid, x in seqs.items():
+        got = preds_of(sink.records, sid)
+        assert sorted(got) == list(range(len(x)))
+        expected, _ = model.run(x)
+        np.testing.assert_allclose(np.array([got[t] for t in range(len(x))]), expected, atol=TOL, rtol=0)
+    total = sum(len(x) for x in seqs.values())
+    assert value(metrics, "streamer_predictions_total") == total
+    assert value(metrics, "streamer_steps_total", outcome="applied") == total
+    assert value(metrics, "streamer_active_streams") == 25
+
+
+def test_steps_of_one_poll_run_in_waves_of_all_streams(model):
+    engine, metrics = make(model)
+    msgs = [event(sid, np.full(F, t / 10), step=t) for t in range(4) for sid in "abc"]
+    feed(engine, msgs)
+    assert value(metrics, "streamer_wave_size_streams_count") == 4
+    assert value(metrics, "streamer_wave_size_streams_sum") == 12
+
+
+def test_records_and_json_lines_agree(model):
+    engine, _ = make(model)
+    msgs = [event("a", [[1, 2, 3], [4, 5, 6]], step=0, ts=123), event("b", [1, 2, 3]),
+            event("a", [0, 0, 1], ts=1.5)]
+    poll = next(TestingSource(msgs).polls())
+    outputs = engine.process(poll).outputs
+    records = list(outputs.records())
+    assert [json.loads(line) for line in outputs.json_lines()] == records
+    assert records[0]["stream_id"] == "a" and records[0]["step"] == 0 and len(records[0]["predictions"]) == 2
+    assert records[0]["ts"] == 123 and records[0]["model"] == model.version
+    assert records[1] == {"stream_id": "b", "step": 0, "prediction": records[1]["prediction"],
+                          "model": model.version}
+    assert records[2]["step"] == 2 and records[2]["ts"] == 1.5
+    assert list(records[0]) == ["stream_id", "step", "predictions", "model", "ts"]
+
+
+def test_duplicates_are_skipped_counted_and_leave_state_alone(model):
+    x = np.random.default_rng(0).random((6, F), dtype=np.float32)
+    engine, metrics = make(model)
+    msgs = [event("a", x[t], step=t) for t in range(4)]
+    msgs += [event("a", x[1], step=1), event("a", x[3], step=3)]  # redelivered
+    msgs += [event("a", x[4], step=4), event("a", x[5], step=5)]
+    sink = feed(engine, msgs, batch_size=3)
+    got = preds_of(sink.records, "a")
+    assert sorted(got) == list(range(6))
+    np.testing.assert_allclose(np.array([got[t] for t in range(6)]), model.run(x)[0], atol=TOL)
+    assert value(metrics, "streamer_events_total", outcome="duplicate") == 2
+    assert value(metrics, "streamer_steps_total", outcome="duplicate") == 2
+    assert sink.dead_letters == []
+
+
+def test_partially_duplicate_chunk_skips_the_applied_prefix(model):
+    x = np.random.default_rng(1).random((6, F), dtype=np.float32)
+    engine, metrics = make(model)
+    msgs = [event("a", x[0:3], step=0), event("a", x[1:5], step=1), event("a", x[5], step=5)]
+    sink = feed(engine, msgs, batch_size=1)
+    assert [(r["step"], len(r.get("predictions", [0]))) for r in sink.records] == [(0, 3), (3, 2), (5, 1)]
+    got = preds_of(sink.records, "a")
+    np.testing.assert_allclose(np.array([got[t] for t in range(6)]), model.run(x)[0], atol=TOL)
+    assert value(metrics, "streamer_steps_total", outcome="duplicate") == 2
+    assert value(metrics, "streamer_events_total", outcome="applied") == 3
+
+
+def test_events_without_step_append_and_records_carry_the_step(model):
+    x = np.random.default_rng(2).random((5, F), dtype=np.float32)
+    engine, _ = make(model)
+    msgs = [event("a", x[0]), event("a", x[1:3]), event("a", x[3], step=3), event("a", x[4])]
+    sink = feed(engine, msgs, batch_size=2)
+    assert [r["step"] for r in sink.records] == [0, 1, 3, 4]
+    got = preds_of(sink.records, "a")
+    np.testing.assert_allclose(np.array([got[t] for t in range(5)]), model.run(x)[0], atol=TOL)
+
+
+def test_gap_policy_apply_is_the_default_and_counts(model):
+    x = np.random.default_rng(3).random((4, F), dtype=np.float32)
+    engine, metrics = make(model)
+    sink = feed(engine, [event("a", x[0], step=0), event("a", x[1], step=5), event("a", x[2])], 1)
+    assert [r["step"] for r in sink.records] == [0, 5, 6]
+    expected, _ = model.run(x[:3])  # the gap is applied on the current state
+    np.testing.assert_allclose([r["prediction"] for r in sink.records], expected, atol=TOL)
+    assert value(metrics, "streamer_step_gaps_total") == 1
+    assert sink.dead_letters == []
+
+
+def test_gap_policy_reject_dead_letters_and_keeps_state(model):
+    x = np.random.default_rng(4).random((4, F), dtype=np.float32)
+    engine, metrics = make(model, on_gap="reject")
+    msgs = [event("a", x[0], step=0), event("a", x[2:4], step=2), event("b", x[0], step=3),
+            event("a", x[1], step=1), event("a", x[2:4], step=2)]
+    sink = feed(engine, msgs, batch_size=2)
+    assert [(d["error"], d["source"]) for d in sink.dead_letters] == [("step_gap", {"index": 1}),
+                                                                       ("step_gap", {"index": 2})]
+    assert "next step 1" in sink.dead_letters[0]["detail"]
+    got = preds_of(sink.records, "a")
+    np.testing.assert_allclose(np.array([got[t] for t in range(4)]), model.run(x)[0], atol=TOL)
+    assert "b" not in {r["stream_id"] for r in sink.records}
+    assert value(metrics, "streamer_events_total", outcome="rejected") == 2
+    assert value(metrics, "streamer_dead_letters_total", reason="step_gap") == 2
+
+
+def test_gap_policy_reset_starts_over_at_the_gap(model):
+    x = np.random.default_rng(5).random((4, F), dtype=np.float32)
+    engine, metrics = make(model, on_gap="reset")
+    sink = feed(engine, [event("a", x[0], step=0), event("a", x[1], step=1), event("a", x[2:4], step=9)], 1)
+    assert [r["step"] for r in sink.records] == [0, 1, 9]
+    np.testing.assert_allclose(sink.records[2]["predictions"], model.run(x[2:4])[0], atol=TOL)
+    assert value(metrics, "streamer_step_gaps_total") == 1
+
+
+def test_end_frees_the_state_and_the_id_starts_over(model):
+    x = np.random.default_rng(6).random((6, F), dtype=np.float32)
+    for batch_size in (1, 100):  # the restart in a later poll, and within the same poll
+        engine, metrics = make(model)
+        msgs = [event("a", x[0], step=0), event("a", x[1:3], step=1, end=True),
+                event("a", x[3], step=0), event("a", x[4], step=1)]
+        sink = feed(engine, msgs, batch_size)
+        assert [r["step"] for r in sink.records] == [0, 1, 0, 1]
+        np.testing.assert_allclose(sink.records[1]["predictions"], model.run(x[:3])[0][1:], atol=TOL)
+        np.testing.assert_allclose([sink.records[2]["prediction"], sink.records[3]["prediction"]],
+                                   model.run(x[3:5])[0], atol=TOL)
+        assert value(metrics, "streamer_step_gaps_total") == 0
+        expected_ended = 1 if batch_size == 1 else 0  # in one poll, "a" goes on after its end
+        assert value(metrics, "streamer_streams_freed_total", reason="end") == expected_ended
+        assert value(metrics, "streamer_active_streams") == 1
+    engine, metrics = make(model)
+    feed(engine, [event("a", x[0], end=True)])
+    assert len(engine.store) == 0 and value(metrics, "streamer_streams_freed_total", reason="end") == 1
+    assert engine.store.take_changes().freed == [("a", -1)]
+
+
+def test_duplicate_or_rejected_end_does_not_free(model):
+    x = np.random.default_rng(7).random((3, F), dtype=np.float32)
+    engine, _ = make(model, on_gap="reject")
+    feed(engine, [event("a", x[0], step=0), event("a", x[1], step=1),
+                  event("a", x[0], step=0, end=True), event("a", x[2], step=5, end=True)])
+    assert "a" in engine.store and engine.store.last_step[engine.store.slot_of("a")] == 1
+
+
+def test_reset_drops_state_and_restarts_the_step_counter(model):
+    x = np.random.default_rng(8).random((6, F), dtype=np.float32)
+    engine, metrics = make(model)
+    msgs = [event("a", x[0], step=0), event("a", x[1], step=1), event("a", x[2], step=2),
+            event("a", x[3], step=0, reset=True), event("a", x[4], step=1),
+            event("a", x[5], reset=True)]
+    sink = feed(engine, msgs, batch_size=4)
+    assert [r["step"] for r in sink.records] == [0, 1, 2, 0, 1, 0]
+    np.testing.assert_allclose([r["prediction"] for r in sink.records[3:5]], model.run(x[3:5])[0], atol=TOL)
+    np.testing.assert_allclose(sink.records[5]["prediction"], model.run(x[5:6])[0][0], atol=TOL)
+    assert value(metrics, "streamer_stream_resets_total") == 2
+    assert value(metrics, "streamer_steps_total", outcome="duplicate") == 0
+    sink = feed(engine, [event("a", x[0], step=40, reset=True), event("a", x[1])])
+    assert [r["step"] for r in sink.records] == [40, 41]
+
+
+def test_idle_streams_expire_after_the_ttl(model):
+    x = np.random.default_rng(9).random((3, F), dtype=np.float32)
+    clock = Clock(1000.0)
+    engine, metrics = make(model, clock=clock, ttl=30.0)
+    feed(engine, [event("a", x[0], step=0), event("b", x[0], step=0)])
+    clock.t = 1020.0
+    feed(engine, [event("b", x[1], step=1)])
+    clock.t = 1040.0  # a idle for 40 s > 30 s; b for 20 s
+    sink = feed(engine, [event("a", x[1], step=1), event("b", x[2], step=2)])
+    assert value(metrics, "streamer_streams_freed_total", reason="expired") == 1
+    # a lost its state: step 1 now arrives at a fresh stream (a gap, applied by default)
+    np.testing.assert_allclose(sink.records[0]["prediction"], model.run(x[1:2])[0][0], atol=TOL)
+    np.testing.assert_allclose(sink.records[1]["prediction"], model.run(x)[0][2], atol=TOL)
+    assert value(metrics, "streamer_step_gaps_total") == 1
+
+
+def test_stream_cap_evicts_the_least_recently_used(model):
+    x = np.random.default_rng(10).random((3, F), dtype=np.float32)
+    engine, metrics = make(model, max_streams=2)
+    feed(engine, [event("a", x[0], step=0)])
+    feed(engine, [event("b", x[0], step=0)])
+    feed(engine, [event("a", x[1], step=1)])
+    sink = feed(engine, [event("c", x[0], step=0), event("a", x[2], step=2)])
+    assert sorted(engine.store.stream_ids()) == ["a", "c"]
+    assert value(metrics, "streamer_streams_freed_total", reason="evicted") == 1
+    np.testing.assert_allclose(sink.records[1]["prediction"], model.run(x)[0][2], atol=TOL)
+    assert value(metrics, "streamer_active_streams") == 2
+
+
+def test_stream_cap_refuses_what_one_poll_cannot_fit(model):
+    engine, metrics = make(model, max_streams=2)
+    sink = feed(engine, [event(s, [1, 2, 3], step=0) for s in "abc"])
+    assert [r["stream_id"] for r in sink.records] == ["a", "b"]
+    assert [(d["error"], d["source"]) for d in sink.dead_letters] == [("stream_limit", {"index": 2})]
+    assert value(metrics, "streamer_events_total", outcome="refused") == 1
+
+
+def test_bad_input_is_dead_lettered_and_never_touches_other_streams(model):
+    x = np.random.default_rng(11).random((4, F), dtype=np.float32)
+    bad = [b"\xff\xfe", b"{", b"[]", json.dumps({"features": [1, 2, 3]}).encode(),
+           event("a", [1, 2]), event("a", [1, float("nan"), 3]), event("a", x[1], step=-1),
+           event("a", [[1, 2, 3], [1, 2]]), event("a", x[1], reset="no"), b"z" * 5000]
+    msgs = [event("a", x[0], step=0)] + bad + [event("a", x[t], step=t) for t in range(1, 4)]
+    engine, metrics = make(model, max_message_bytes=4096)
+    sink = feed(engine, msgs, batch_size=4)
+    assert len(sink.dead_letters) == len(bad)
+    assert [d["source"]["index"] for d in sink.dead_letters] == list(range(1, len(bad) + 1))
+    got = preds_of(sink.records, "a")
+    np.testing.assert_allclose(np.array([got[t] for t in range(4)]), model.run(x)[0], atol=TOL)
+    assert value(metrics, "streamer_events_total", outcome="invalid") == len(bad)
+    assert sum(value(metrics, "streamer_dead_letters_total", reason=c) for c in schema.ERROR_CODES) == len(bad)
+
+
+def test_partitions_tag_streams_and_can_be_dropped(model):
+    engine, metrics = make(model)
+    msgs = [event(s, [1, 2, 3]) for s in "abcd"]
+    sink = TestingSink()
+    run(engine, TestingSource(msgs, partitions=[0, 1, 0, 1]).polls(), sink)
+    assert sorted(engine.drop_partition(1)) == ["b", "d"]
+    assert sorted(engine.store.stream_ids()) == ["a", "c"]
+    assert value(metrics, "streamer_streams_freed_total", reason="dropped") == 2
+
+
+def test_event_time_lag_is_observed(model):
+    clock = Clock(2000.0)
+    engine, metrics = make(model, clock=clock)
+    feed(engine, [event("a", [1, 2, 3], ts=1_999_500), event("b", [1, 2, 3])])
+    assert value(metrics, "streamer_event_lag_seconds_count") == 1
+    assert value(metrics, "streamer_event_lag_seconds_sum") == pytest.approx(0.5)
+
+
+def test_apply_takes_decoded_events_directly(model):
+    x = np.random.default_rng(12).random((3, F), dtype=np.float32)
+    engine, _ = make(model)
+    for t in range(3):
+        outputs, rejected = engine.apply(Events.from_arrays(["a", "b"], np.stack([x[t], x[t]])))
+        assert rejected == [] and outputs.row_steps.tolist() == [t, t]
+    np.testing.assert_allclose(outputs.predictions, np.stack([model.run(x)[0][2]] * 2), atol=TOL)

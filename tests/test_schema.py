@@ -1,0 +1,167 @@
+"""Event schema: every malformed message becomes exactly one rejection with a stable code."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+
+from streamer import schema
+from streamer.schema import decode, dead_letter, payload_bytes
+
+F = 3
+LIMIT = 1000
+GOOD = {"stream_id": "a", "step": 0, "features": [0.1, 2, -3.5]}
+
+
+def enc(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def with_(**changes) -> bytes:
+    obj = dict(GOOD)
+    for k, v in changes.items():
+        if v is ...:
+            obj.pop(k, None)
+        else:
+            obj[k] = v
+    return enc(obj)
+
+
+BAD = [
+    (b"x" * (LIMIT + 1), schema.MESSAGE_TOO_LARGE),
+    (b'{"stream_id": "a", "features": [1, 2, 3], "x": "\xff"}', schema.INVALID_UTF8),
+    (b'{"stream_id": "a", "features": [1, 2, 3]', schema.INVALID_JSON),
+    (b"", schema.INVALID_JSON),
+    (b"[1, 2, 3]", schema.NOT_AN_OBJECT),
+    (b'"just a string"', schema.NOT_AN_OBJECT),
+    (b"null", schema.NOT_AN_OBJECT),
+    (with_(stream_id=...), schema.MISSING_STREAM_ID),
+    (with_(stream_id=None), schema.MISSING_STREAM_ID),
+    (with_(stream_id=""), schema.INVALID_STREAM_ID),
+    (with_(stream_id=17), schema.INVALID_STREAM_ID),
+    (with_(stream_id=["a"]), schema.INVALID_STREAM_ID),
+    (with_(stream_id="s" * 257), schema.INVALID_STREAM_ID),
+    (with_(features=...), schema.MISSING_FEATURES),
+    (with_(features=None), schema.MISSING_FEATURES),
+    (with_(features=[]), schema.INVALID_FEATURES),
+    (with_(features="1,2,3"), schema.INVALID_FEATURES),
+    (with_(features={"a": 1}), schema.INVALID_FEATURES),
+    (with_(features=[1, 2]), schema.WRONG_FEATURE_COUNT),
+    (with_(features=[1, 2, 3, 4]), schema.WRONG_FEATURE_COUNT),
+    (with_(features=[1, "2", 3]), schema.INVALID_FEATURES),
+    (with_(features=[1, True, 3]), schema.INVALID_FEATURES),
+    (with_(features=[True, False, True]), schema.INVALID_FEATURES),
+    (with_(features=[1, None, 3]), schema.INVALID_FEATURES),
+    (with_(features=[[1, 2, 3], [4, 5]]), schema.RAGGED_CHUNK),
+    (with_(features=[[1, 2], [4, 5]]), schema.WRONG_FEATURE_COUNT),
+    (with_(features=[[1, 2, 3], 4]), schema.INVALID_FEATURES),
+    (with_(features=[[1, 2, 3], [4, False, 6]]), schema.INVALID_FEATURES),
+    (with_(features=[[1, 2, 3], [[4], 5, 6]]), schema.INVALID_FEATURES),
+    (b'{"stream_id": "a", "features": [1, NaN, 3]}', schema.NON_FINITE_FEATURES),
+    (b'{"stream_id": "a", "features": [1, Infinity, 3]}', schema.NON_FINITE_FEATURES),
+    (b'{"stream_id": "a", "features": [[1, 2, 3], [1, -Infinity, 3]]}', schema.NON_FINITE_FEATURES),
+    (b'{"stream_id": "a", "features": [1, 1e400, 3]}', schema.NON_FINITE_FEATURES),
+    (b'{"stream_id": "a", "features": [1, 1e39, 3]}', schema.NON_FINITE_FEATURES),  # beyond float32
+    (enc({"stream_id": "a", "features": [1, 10**400, 3]}), schema.NON_FINITE_FEATURES),
+    (with_(step=-1), schema.INVALID_STEP),
+    (with_(step=1.5), schema.INVALID_STEP),
+    (with_(step=2.0), schema.INVALID_STEP),
+    (with_(step="3"), schema.INVALID_STEP),
+    (with_(step=True), schema.INVALID_STEP),
+    (with_(step=2**53), schema.INVALID_STEP),
+    (b'{"stream_id": "a", "step": NaN, "features": [1, 2, 3]}', schema.INVALID_STEP),
+    (with_(reset="yes"), schema.INVALID_RESET),
+    (with_(reset=1), schema.INVALID_RESET),
+    (with_(end=0), schema.INVALID_END),
+    (with_(end="true"), schema.INVALID_END),
+    (with_(ts="2024-01-01"), schema.INVALID_TS),
+    (with_(ts=-5), schema.INVALID_TS),
+    (with_(ts=True), schema.INVALID_TS),
+    (with_(ts=10**400), schema.INVALID_TS),
+    (b'{"stream_id": "a", "ts": Infinity, "features": [1, 2, 3]}', schema.INVALID_TS),
+    (b'{"stream_id": "a", "features": ' + b"[" * 100000 + b"]" * 100000 + b"}", schema.MESSAGE_TOO_LARGE),
+]
+
+
+@pytest.mark.parametrize("raw,code", BAD, ids=[f"{i}-{c}" for i, (_, c) in enumerate(BAD)])
+def test_each_bad_message_is_one_rejection_and_neighbours_survive(raw, code):
+    messages = [enc(GOOD), raw, enc({**GOOD, "stream_id": "b"})]
+    events, rejected = decode(messages, F, max_message_bytes=LIMIT)
+    assert [(r.index, r.code) for r in rejected] == [(1, code)]
+    assert rejected[0].detail
+    assert events.stream_ids == ["a", "b"]
+    assert events.index.tolist() == [0, 2]
+    np.testing.assert_array_equal(events.features, np.array([[0.1, 2, -3.5]] * 2, np.float32))
+
+
+def test_deeply_nested_json_under_the_size_limit_is_invalid_json_not_a_crash():
+    raw = b"[" * 200000 + b"]" * 200000
+    _, rejected = decode([raw], F, max_message_bytes=10**6)
+    assert [r.code for r in rejected] == [schema.INVALID_JSON]
+
+
+def test_valid_shapes_and_optional_fields():
+    messages = [
+        enc({"stream_id": "a", "features": [1, 2, 3]}),
+        enc({"stream_id": "b", "step": 7, "features": [[1, 2, 3], [4, 5, 6]], "reset": True, "ts": 1.5e12}),
+        enc({"stream_id": "c", "step": None, "reset": None, "end": True, "ts": None, "extra": {"x": 1},
+             "features": [1.0, -2.0, 3]}),
+        enc({"stream_id": "é" * 256, "features": [[0, 0, 0]], "ts": 1718000000000}),
+        enc({"stream_id": "big", "features": [1e38, -1e38, 2**60]}),
+    ]
+    events, rejected = decode(messages, F)
+    assert rejected == []
+    assert events.stream_ids == ["a", "b", "c", "é" * 256, "big"]
+    assert events.steps.tolist() == [-1, 7, -1, -1, -1]
+    assert events.counts.tolist() == [1, 2, 1, 1, 1]
+    assert events.chunk.tolist() == [False, True, False, True, False]
+    assert events.reset.tolist() == [False, True, False, False, False]
+    assert events.end.tolist() == [False, False, True, False, False]
+    assert events.ts == [None, 1.5e12, None, 1718000000000, None]
+    assert events.features.shape == (6, F) and events.features.dtype == np.float32
+
+
+def test_partitions_follow_the_valid_events():
+    messages = [enc(GOOD), b"nope", enc({**GOOD, "stream_id": "z"})]
+    events, _ = decode(messages, F, partitions=np.array([4, 5, 6]))
+    assert events.partitions.tolist() == [4, 6]
+
+
+def test_str_messages_are_accepted_and_measured_in_utf8_bytes():
+    raw = json.dumps({"stream_id": "é" * 40, "features": [1, 2, 3]}, ensure_ascii=False)
+    assert len(raw) <= 90 < len(raw.encode())
+    _, rejected = decode([raw], F, max_message_bytes=90)
+    assert [r.code for r in rejected] == [schema.MESSAGE_TOO_LARGE]
+
+
+def test_dead_letter_shape_text_payload():
+    dl = dead_letter("invalid_json", "oops", {"file": "e.jsonl", "line": 3}, b'{"a": ')
+    assert dl == {"error": "invalid_json", "detail": "oops", "source": {"file": "e.jsonl", "line": 3},
+                  "payload": '{"a": '}
+    json.dumps(dl)
+
+
+def test_dead_letter_invalid_utf8_payload_is_base64():
+    raw = b'{"stream_id": "\xff\xfe"}'
+    dl = dead_letter("invalid_utf8", "bad", {"topic": "t", "partition": 0, "offset": 9}, raw)
+    assert dl["payload_encoding"] == "base64"
+    assert base64.b64decode(dl["payload"]) == raw
+    assert payload_bytes(dl) == raw
+
+
+def test_dead_letter_oversized_payload_is_truncated_at_a_character_boundary():
+    raw = ("é" * 5000).encode()
+    dl = dead_letter("message_too_large", "big", {"index": 0}, raw)
+    assert dl["payload_truncated"] is True
+    assert "payload_encoding" not in dl
+    assert dl["payload"] == "é" * (schema.DEAD_LETTER_PAYLOAD_LIMIT // 2)
+
+
+def test_error_codes_are_stable_snake_case_and_unique():
+    assert len(set(schema.ERROR_CODES)) == len(schema.ERROR_CODES)
+    for code in schema.ERROR_CODES:
+        assert re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", code)

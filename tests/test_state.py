@@ -1,0 +1,141 @@
+"""StateStore: dense slots, growth, LRU cap, TTL, checkpoint changes, export/restore, partitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamer.state import Changes, StateMismatch, StateStore, StreamRecord
+
+S = 4
+
+
+def store(**kw) -> StateStore:
+    kw.setdefault("model_version", "v1")
+    return StateStore(S, **kw)
+
+
+def test_acquire_gives_one_slot_per_stream_and_fresh_state():
+    st = store(initial_state=np.full(S, 0.5, np.float32))
+    slots, created, evicted = st.acquire(["a", "b", "a", "c"], now=10.0)
+    assert slots[0] == slots[2] and len(set(slots.tolist())) == 3
+    assert created == 3 and evicted == []
+    assert len(st) == 3 and "b" in st and st.slot_of("zz") == -1
+    np.testing.assert_array_equal(st.state[slots], np.full((4, S), 0.5, np.float32))
+    assert st.last_step[slots].tolist() == [-1, -1, -1, -1]
+    assert st.last_seen[slots].tolist() == [10.0] * 4
+
+
+def test_capacity_grows_geometrically_and_keeps_state():
+    st = store(capacity=2)
+    slots, _, _ = st.acquire(["a", "b"], 0.0)
+    st.write(slots, np.arange(2 * S, dtype=np.float32).reshape(2, S), np.array([3, 4]))
+    ids = [f"s{i}" for i in range(9)]
+    st.acquire(ids, 1.0)
+    assert st.capacity == 16 and len(st) == 11
+    a = st.slot_of("a")
+    np.testing.assert_array_equal(st.state[a], np.arange(S, dtype=np.float32))
+    assert st.last_step[st.slot_of("b")] == 4
+
+
+def test_freed_slots_are_reused_and_reset():
+    st = store(capacity=2)
+    slots, _, _ = st.acquire(["a", "b"], 0.0)
+    st.write(slots, np.ones((2, S), np.float32), np.array([5, 5]))
+    assert st.free([slots[0]]) == ["a"]
+    new, created, _ = st.acquire(["c"], 1.0)
+    assert created == 1 and new[0] == slots[0] and st.capacity == 2
+    assert st.state[new[0]].tolist() == [0.0] * S and st.last_step[new[0]] == -1
+
+
+def test_lru_eviction_at_the_cap_spares_the_streams_of_the_current_call():
+    st = store(max_streams=3)
+    st.acquire(["a"], 0.0)
+    st.acquire(["b"], 1.0)
+    st.acquire(["c"], 2.0)
+    st.acquire(["a"], 3.0)  # a is now the most recently used
+    slots, created, evicted = st.acquire(["b", "d"], 4.0)  # b named here, so c (oldest besides b) goes
+    assert evicted == ["c"] and created == 1
+    assert sorted(st.stream_ids()) == ["a", "b", "d"]
+    assert (slots >= 0).all()
+
+
+def test_more_new_streams_in_one_call_than_the_cap_refuses_the_excess():
+    st = store(max_streams=2)
+    st.acquire(["old"], 0.0)
+    slots, created, evicted = st.acquire(["x", "y", "z", "x"], 1.0)
+    assert evicted == ["old"] and created == 2
+    assert slots.tolist()[3] == slots.tolist()[0] >= 0
+    assert slots[2] == -1 and "z" not in st and len(st) == 2
+
+
+def test_expire_frees_idle_streams_with_an_injected_clock():
+    st = store()
+    st.acquire(["a", "b"], now=100.0)
+    st.acquire(["b"], now=150.0)
+    assert st.expire(now=170.0, ttl=60.0) == ["a"]
+    assert st.expire(now=170.0, ttl=None) == []
+    assert st.stream_ids() == ["b"]
+    assert st.take_changes().freed == [("a", -1)]
+
+
+def test_take_changes_reports_updates_and_tombstones_once():
+    st = store()
+    slots, _, _ = st.acquire(["a", "b", "c"], 0.0, partitions=np.array([0, 1, 1]))
+    st.take_changes()
+    st.write(slots[:1], np.ones((1, S), np.float32), np.array([0]))
+    st.free([slots[1]])
+    ch = st.take_changes()
+    assert ch == Changes(updated=[("a", 0)], freed=[("b", 1)])
+    assert st.take_changes() == Changes(updated=[], freed=[])
+    # freed then started again: only an update (its fresh state supersedes the tombstone)
+    st.free([st.slot_of("c")])
+    st.acquire(["c"], 1.0, partitions=np.array([1]))
+    assert st.take_changes() == Changes(updated=[("c", 1)], freed=[])
+
+
+def test_export_restore_round_trip_through_bytes():
+    st = store()
+    slots, _, _ = st.acquire(["a"], 42.0, partitions=np.array([3]))
+    st.write(slots, np.array([[1.5, -2, 3, 4e-8]], np.float32), np.array([17]))
+    data = st.export("a").to_bytes()
+    rec = StreamRecord.from_bytes(data)
+    assert rec.stream_id == "a" and rec.last_step == 17 and rec.last_seen == 42.0 and rec.partition == 3
+    other = store()
+    other.restore(rec)
+    s = other.slot_of("a")
+    np.testing.assert_array_equal(other.state[s], st.state[slots[0]])
+    assert other.last_step[s] == 17 and other.partition[s] == 3
+    assert other.take_changes().updated == []  # restored state equals its checkpoint
+
+
+def test_restore_refuses_another_model_or_state_size():
+    rec = StreamRecord("a", np.zeros(S, np.float32), 3, 0.0, model_version="v1")
+    with pytest.raises(StateMismatch, match="model"):
+        store(model_version="v2").restore(rec)
+    with pytest.raises(StateMismatch, match="floats"):
+        StateStore(S + 1, model_version="v1").restore(rec)
+    with pytest.raises(StateMismatch):
+        StreamRecord.from_bytes(b'{"format": "something else"}')
+    with pytest.raises(StateMismatch):
+        StreamRecord.from_bytes(b"not json")
+    bad = rec.to_bytes().replace(b'"state_size":4', b'"state_size":5')
+    with pytest.raises(StateMismatch):
+        StreamRecord.from_bytes(bad)
+
+
+def test_drop_partition_frees_without_tombstones():
+    st = store()
+    st.acquire(["a", "b", "c"], 0.0, partitions=np.array([0, 1, 0]))
+    st.take_changes()
+    st.free([st.slot_of("c")])  # pending tombstone of partition 0
+    assert st.drop_partition(0) == ["a"]
+    assert st.stream_ids() == ["b"]
+    assert st.take_changes() == Changes(updated=[], freed=[])
+
+
+def test_partition_tag_follows_the_latest_event():
+    st = store()
+    st.acquire(["a"], 0.0, partitions=np.array([2]))
+    st.acquire(["a", "b"], 1.0, partitions=np.array([5, 6]))
+    assert st.partition[st.slot_of("a")] == 5 and st.partition[st.slot_of("b")] == 6
