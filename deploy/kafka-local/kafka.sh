@@ -218,6 +218,8 @@ cmd_status() {
   if is_ready; then
     echo "running and ready on 127.0.0.1:$PORT (pid $(our_pid))"
     return 0
+  elif our_pid >/dev/null && [ "$(running_port)" != "$PORT" ]; then
+    echo "running (pid $(our_pid)) on 127.0.0.1:$(running_port), not on the requested port $PORT"
   elif our_pid >/dev/null; then
     echo "running (pid $(our_pid)) but not ready on 127.0.0.1:$PORT"
   else
