@@ -29,39 +29,19 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Callable, Iterator
 
 import numpy as np
 
 from streamer import schema
+from streamer.config import DEFAULT_GAP_POLICY, GAP_POLICIES, EngineConfig  # noqa: F401 (re-exported)
 from streamer.metrics import Metrics
 from streamer.schema import Events, Rejection
 from streamer.state import StateStore
 from streamer.transports import Poll
 
-GAP_POLICIES = ("apply", "reject", "reset")
-DEFAULT_GAP_POLICY = "apply"
-
 _APPLIED, _DUPLICATE, _REJECTED = 0, 1, 2
-
-
-@dataclass
-class EngineConfig:
-    on_gap: str = DEFAULT_GAP_POLICY
-    max_streams: int | None = None  # None: unbounded; at the cap the least recently used stream is evicted
-    ttl: float | None = None  # seconds of idleness before a stream's state is freed; None: never
-    max_message_bytes: int = schema.DEFAULT_MAX_MESSAGE_BYTES
-    initial_capacity: int = 1024
-
-    def __post_init__(self) -> None:
-        if self.on_gap not in GAP_POLICIES:
-            raise ValueError(f"on_gap must be one of {', '.join(GAP_POLICIES)}, got {self.on_gap!r}")
-        if self.max_streams is not None and self.max_streams < 1:
-            raise ValueError(f"max_streams must be >= 1, got {self.max_streams}")
-        if self.ttl is not None and not self.ttl > 0:
-            raise ValueError(f"ttl must be > 0 seconds, got {self.ttl}")
-        if self.max_message_bytes < 1:
-            raise ValueError(f"max_message_bytes must be >= 1, got {self.max_message_bytes}")
 
 
 @dataclass
@@ -110,11 +90,20 @@ class Outputs:
             yield rec
 
     def json_lines(self) -> list[str]:
-        """The output records as JSON texts (no newline), built without intermediate dicts."""
-        dumps = json.dumps
-        preds = self.predictions.tolist()
+        """The output records as JSON texts (no newline), built without intermediate dicts.
+
+        Non-finite predictions (a model overflowing on extreme inputs) are written as null.
+        """
+        preds = self.predictions
+        if preds.size and not np.isfinite(preds.sum(dtype=np.float64)):
+            preds = preds.astype(object)
+            preds[~np.isfinite(self.predictions)] = None
+            fmt = _dumps_row
+        else:
+            fmt = _float_row
+        rows = preds.tolist()
         steps = self.steps.tolist()
-        tail = ',"model":' + dumps(self.model_version)
+        tail = ',"model":' + _quote(self.model_version)
         ts = self.ts
         out = []
         append = out.append
@@ -122,7 +111,7 @@ class Outputs:
             for r, sid in enumerate(self.stream_ids):
                 t = ts[r]
                 append('{"stream_id":%s,"step":%d,"prediction":%s%s%s}' % (
-                    dumps(sid), steps[r], dumps(preds[r]), tail, "" if t is None else ',"ts":' + dumps(t)))
+                    _quote(sid), steps[r], fmt(rows[r]), tail, "" if t is None else ',"ts":' + repr(t)))
             return out
         starts = self.start.tolist()
         lengths = self.length.tolist()
@@ -131,12 +120,20 @@ class Outputs:
             a = starts[r]
             t = ts[r]
             if chunk[r]:
-                body = '"predictions":' + dumps(preds[a:a + lengths[r]])
+                body = '"predictions":[' + ", ".join(map(fmt, rows[a:a + lengths[r]])) + "]"
             else:
-                body = '"prediction":' + dumps(preds[a])
+                body = '"prediction":' + fmt(rows[a])
             append('{"stream_id":%s,"step":%d,%s%s%s}' % (
-                dumps(sid), steps[r], body, tail, "" if t is None else ',"ts":' + dumps(t)))
+                _quote(sid), steps[r], body, tail, "" if t is None else ',"ts":' + repr(t)))
         return out
+
+
+def _float_row(row: list) -> str:
+    return "[" + ", ".join(map(float.__repr__, row)) + "]"
+
+
+def _dumps_row(row: list) -> str:
+    return json.dumps(row)
 
 
 @dataclass

@@ -39,10 +39,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from streamer.config import DEFAULT_MAX_MESSAGE_BYTES
+
 MAX_STREAM_ID_CHARS = 256
 MAX_STEP = 2**53 - 1
 MAX_TS = 2**53  # epoch milliseconds; far beyond any real date, and exact in float64
-DEFAULT_MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB
 DEAD_LETTER_PAYLOAD_LIMIT = 4096  # bytes of an oversized message kept in its dead letter
 
 # Stable error codes (dead letter "error" field and the `reason` label of streamer_dead_letters_total).
@@ -192,14 +193,7 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
     loads = json.loads
     number_types = _NUMBER_TYPES
     rejected: list[Rejection] = []
-    sids: list[str] = []
-    steps: list[int] = []
-    counts: list[int] = []
-    chunks: list[bool] = []
-    resets: list[bool] = []
-    ends: list[bool] = []
-    tss: list = []
-    index: list[int] = []
+    meta: list[tuple] = []  # (stream_id, step, count, chunk, reset, end, ts, index) per valid event
     rows: list = []
     for i, raw in enumerate(messages):
         try:
@@ -240,26 +234,20 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
         except EventError as exc:
             rejected.append(Rejection(i, exc.code, exc.detail))
             continue
-        sids.append(sid)
-        steps.append(step)
-        counts.append(k)
-        chunks.append(is_chunk)
-        resets.append(reset)
-        ends.append(end)
-        tss.append(ts)
-        index.append(i)
+        meta.append((sid, step, k, is_chunk, reset, end, ts, i))
         if is_chunk:
             rows.extend(feats)
         else:
             rows.append(feats)
+    sids, steps, counts, chunks, resets, ends, tss, index = zip(*meta) if meta else ((),) * 8
     events = Events(
-        stream_ids=sids,
+        stream_ids=list(sids),
         steps=np.array(steps, dtype=np.int64),
         counts=np.array(counts, dtype=np.int64),
         chunk=np.array(chunks, dtype=bool),
         reset=np.array(resets, dtype=bool),
         end=np.array(ends, dtype=bool),
-        ts=tss,
+        ts=list(tss),
         features=_to_float32(rows, feature_size),
         index=np.array(index, dtype=np.int64),
     )

@@ -1,0 +1,32 @@
+"""Engine settings and their defaults (no numpy here: the CLI builds parsers from these cheaply)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GAP_POLICIES = ("apply", "reject", "reset")
+DEFAULT_GAP_POLICY = "apply"
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB
+
+
+@dataclass
+class EngineConfig:
+    """How the engine treats gaps, how many streams it holds and for how long, what it accepts."""
+
+    on_gap: str = DEFAULT_GAP_POLICY
+    max_streams: int | None = None  # None: unbounded; at the cap the least recently used stream is evicted
+    ttl: float | None = None  # seconds of idleness before a stream's state is freed; None: never
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    initial_capacity: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.on_gap not in GAP_POLICIES:
+            raise ValueError(f"on_gap must be one of {', '.join(GAP_POLICIES)}, got {self.on_gap!r}")
+        if self.max_streams is not None and self.max_streams < 1:
+            raise ValueError(f"max_streams must be >= 1, got {self.max_streams}")
+        if self.ttl is not None and not self.ttl > 0:
+            raise ValueError(f"ttl must be > 0 seconds, got {self.ttl}")
+        if self.max_message_bytes < 1:
+            raise ValueError(f"max_message_bytes must be >= 1, got {self.max_message_bytes}")
+        if self.initial_capacity < 1:
+            raise ValueError(f"initial_capacity must be >= 1, got {self.initial_capacity}")
