@@ -16,7 +16,7 @@ class _BadValue(argparse.ArgumentTypeError, ValueError):
     """A flag value error that argparse prints verbatim and env_default() also understands."""
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -26,7 +26,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -55,15 +55,15 @@ def add_engine_options(p) -> None:
                    help="what to do with a step that skips ahead of the stream's next step: apply it on the "
                         "current state (default; counted in streamer_step_gaps_total), reject it (dead letter "
                         "step_gap), or reset (start the stream over at that step) [STREAMER_ON_GAP]")
-    g.add_argument("--max-streams", type=_positive_int, metavar="N",
-                   default=env_default("max_streams", None, _positive_int),
+    g.add_argument("--max-streams", type=positive_int, metavar="N",
+                   default=env_default("max_streams", None, positive_int),
                    help="cap on streams held in memory; at the cap the least recently used stream is evicted "
                         "(streamer_streams_freed_total{reason=\"evicted\"}); default: no cap [STREAMER_MAX_STREAMS]")
-    g.add_argument("--ttl", type=_positive_float, metavar="SECONDS", default=env_default("ttl", None, _positive_float),
+    g.add_argument("--ttl", type=positive_float, metavar="SECONDS", default=env_default("ttl", None, positive_float),
                    help="free a stream's state after this many seconds without events; default: never "
                         "[STREAMER_TTL]")
-    g.add_argument("--max-message-bytes", type=_positive_int, metavar="N",
-                   default=env_default("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES, _positive_int),
+    g.add_argument("--max-message-bytes", type=positive_int, metavar="N",
+                   default=env_default("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES, positive_int),
                    help=f"larger messages become dead letters (message_too_large); default {DEFAULT_MAX_MESSAGE_BYTES} "
                         "[STREAMER_MAX_MESSAGE_BYTES]")
 

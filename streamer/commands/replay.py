@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from streamer.commands._options import add_engine_options, add_metrics_options
+from streamer.commands._options import add_engine_options, add_metrics_options, positive_int
 
 PROG = "streamer replay"
 
@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--dlq", metavar="PATH",
                    help="dead letters, JSONL (error, detail, source {file, line}, payload); default: only "
                         "counted in the summary")
-    p.add_argument("--batch-lines", type=int, default=env_default("batch_lines", 1000, int), metavar="N",
+    p.add_argument("--batch-lines", type=positive_int, default=env_default("batch_lines", 1000, positive_int), metavar="N",
                    help="lines per poll (default 1000) [STREAMER_BATCH_LINES]")
     p.add_argument("--quiet", action="store_true", help="no summary on stderr")
     add_engine_options(p)
@@ -51,8 +51,6 @@ def run(args) -> int:
     from streamer.metrics import Metrics
     from streamer.transports.jsonl import JsonlSink, JsonlSource
 
-    if args.batch_lines < 1:
-        raise UserError(f"--batch-lines must be >= 1, got {args.batch_lines}")
     if args.dlq is not None and args.dlq in ("-", args.output) or args.input != "-" and args.input == args.output:
         raise UserError("--input, --output and --dlq must be different files (and --dlq a file, not -)")
     started = time.perf_counter()
