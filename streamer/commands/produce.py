@@ -246,8 +246,9 @@ class _Sink:
         timeout_ms = int(self.args.connect_timeout * 1000)
         try:
             self._producer = KafkaProducer(bootstrap_servers=servers.split(","), client_id="streamer-produce",
-                                           acks="all", linger_ms=5, max_block_ms=timeout_ms, allow_auto_create_topics=False,
-                                           bootstrap_timeout_ms=timeout_ms, **_producer_security(self.args))
+                                           acks="all", linger_ms=5, allow_auto_create_topics=False,
+                                           max_block_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms,
+                                           **_producer_security(self.args))
         except KafkaError as exc:
             raise UserError(f"no Kafka broker answers at {servers} within {self.args.connect_timeout:g} s "
                             f"({exc}); check --bootstrap-servers and that the broker is up") from None
