@@ -12,6 +12,7 @@ from typing import Sequence
 import keras
 
 from models.errors import ModelError
+from models.train import parse_units  # noqa: F401 - re-exported (kept TensorFlow-free in models.train)
 
 CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simplernn": keras.layers.SimpleRNN}
 
@@ -37,21 +38,6 @@ def default_metrics(output_size: int, loss: str) -> list:
     if output_size == 1:
         return [keras.metrics.BinaryAccuracy(name="accuracy")]
     return [keras.metrics.CategoricalAccuracy(name="accuracy")]
-
-
-def parse_units(text: str | Sequence[int]) -> tuple[int, ...]:
-    """'32,8' -> (32, 8); refuses empty, non-integer or non-positive entries with a ModelError."""
-    if isinstance(text, str):
-        parts = [p.strip() for p in text.split(",") if p.strip()]
-        try:
-            units = tuple(int(p) for p in parts)
-        except ValueError:
-            raise ModelError(f"units {text!r} must be comma-separated positive integers, e.g. 32,8") from None
-    else:
-        units = tuple(int(u) for u in text)
-    if not units or any(u < 1 for u in units):
-        raise ModelError(f"units {text!r} must be one or more positive integers, e.g. 32,8")
-    return units
 
 
 def build_model(

@@ -15,7 +15,9 @@ Two ways to keep pads out of the loss:
 
 Bucketing: each epoch the sequences are shuffled, cut into pools of `pool_batches * batch_size`, each
 pool sorted by length and cut into batches, and the batch order shuffled. Similar lengths share a batch
-(little padding), yet no two epochs see the same batches in the same order.
+(little padding), yet no two epochs see the same batches in the same order. A batch also holds at most
+`max_batch_steps` padded steps (default: a full batch at twice the median length), so on long-tailed
+data the longest sequences go in smaller batches instead of dragging many short ones to their length.
 """
 
 from __future__ import annotations
@@ -29,9 +31,17 @@ from models.errors import DataError
 
 
 def plan_batches(
-    lengths: Sequence[int], batch_size: int, rng: np.random.Generator, pool_batches: int = 64
+    lengths: Sequence[int],
+    batch_size: int,
+    rng: np.random.Generator,
+    pool_batches: int = 64,
+    max_batch_steps: int | None = None,
 ) -> list[np.ndarray]:
-    """Index arrays, one per batch: shuffled, pooled, sorted by length within a pool, order shuffled."""
+    """Index arrays, one per batch: shuffled, pooled, sorted by length within a pool, order shuffled.
+
+    A batch holds at most `batch_size` sequences and, when `max_batch_steps` is set, at most that many
+    padded steps (so the long tail of a long-tailed length distribution goes in smaller batches).
+    """
     lengths = np.asarray(lengths)
     perm = rng.permutation(len(lengths))
     pool = max(1, pool_batches) * batch_size
@@ -39,9 +49,23 @@ def plan_batches(
     for start in range(0, len(perm), pool):
         chunk = perm[start : start + pool]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+        first = 0
+        while first < len(chunk):
+            n = min(batch_size, len(chunk) - first)
+            if max_batch_steps:
+                # sorted ascending: the batch's longest is its last; shrink until it fits the budget
+                while n > 1 and n * lengths[chunk[first + n - 1]] > max_batch_steps:
+                    n -= 1
+            batches.append(chunk[first : first + n])
+            first += n
     order = rng.permutation(len(batches))
     return [batches[i] for i in order]
+
+
+def default_max_batch_steps(lengths: Sequence[int], batch_size: int) -> int:
+    """Padded-step budget per batch: a full batch at twice the median length (or the longest, if smaller)."""
+    lengths = np.asarray(lengths)
+    return int(batch_size * min(2 * np.median(lengths), lengths.max()))
 
 
 def padded_steps(lengths: Sequence[int], plan: Sequence[np.ndarray]) -> int:
@@ -72,6 +96,7 @@ class BucketedBatches:
         masking: bool = True,
         seed: int | None = 0,
         pool_batches: int = 64,
+        max_batch_steps: int | None = -1,
     ):
         if not records:
             raise DataError("no training sequences")
@@ -86,20 +111,27 @@ class BucketedBatches:
         self.batch_size = int(batch_size)
         self.masking = bool(masking)
         self.pool_batches = int(pool_batches)
+        if max_batch_steps == -1:  # default: a budget, so long-tailed data puts its longest in small batches
+            max_batch_steps = default_max_batch_steps(self.lengths, self.batch_size)
+        self.max_batch_steps = max_batch_steps
         self._rng = np.random.default_rng(seed)
+        self._next_plan = self._plan()
         self.real_steps = 0
         self.total_steps = 0
         self.epochs_served = 0
 
+    def _plan(self) -> list[np.ndarray]:
+        return plan_batches(self.lengths, self.batch_size, self._rng, self.pool_batches, self.max_batch_steps)
+
     def __len__(self) -> int:
-        return -(-len(self.records) // self.batch_size)
+        """Batches in the next epoch (it can vary by one or two between epochs under a step budget)."""
+        return len(self._next_plan)
 
     @property
     def waste_pct(self) -> float:
         """Percent of the cells in the batches served so far that were pads."""
-        if self.total_steps == 0:
-            plan = plan_batches(self.lengths, self.batch_size, np.random.default_rng(0), self.pool_batches)
-            return 100.0 * (1.0 - self.lengths.sum() / padded_steps(self.lengths, plan))
+        if self.total_steps == 0:  # nothing served yet: what the next epoch will waste
+            return 100.0 * (1.0 - self.lengths.sum() / padded_steps(self.lengths, self._next_plan))
         return 100.0 * (1.0 - self.real_steps / self.total_steps)
 
     @property
@@ -122,7 +154,7 @@ class BucketedBatches:
 
     def epoch(self) -> Iterator[tuple]:
         """One epoch of batches under a fresh plan (new membership and order)."""
-        plan = plan_batches(self.lengths, self.batch_size, self._rng, self.pool_batches)
+        plan, self._next_plan = self._next_plan, self._plan()
         self.epochs_served += 1
         for idx in plan:
             yield self.make_batch(idx)
@@ -143,6 +175,7 @@ class BucketedBatches:
 
         An explicit signature matters: Keras infers a generator's/PyDataset's shapes from its first two
         batches, so two equal-length first batches would pin the time axis and a later batch would fail.
+        The cardinality is left unknown: under a step budget the number of batches can vary by epoch.
         """
         import tensorflow as tf
 

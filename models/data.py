@@ -107,11 +107,11 @@ def _matrix(value, key: str, width: int | None) -> np.ndarray:
     if not np.isfinite(arr).all():  # large ints overflowing, or NaN/inf that slipped through
         t = int(np.argwhere(~np.isfinite(arr))[0][0])
         raise ValueError(f'"{key}" step {t} has a non-finite value')
-    out = arr.astype(np.float32)
-    if not np.isfinite(out).all():
-        t = int(np.argwhere(~np.isfinite(out))[0][0])
+    too_large = np.abs(arr) > np.finfo(np.float32).max
+    if too_large.any():
+        t = int(np.argwhere(too_large)[0][0])
         raise ValueError(f'"{key}" step {t} has a value too large for float32')
-    return out
+    return arr.astype(np.float32)
 
 
 def parse_record(

@@ -119,11 +119,16 @@ def evaluate(model, records: Sequence[SeqRecord], batch_size: int = DEFAULT_BATC
     """Per-step accuracy over all real steps: argmax match for several outputs, 0.5 threshold for one."""
     if not records or any(r.targets is None for r in records):
         raise DataError("evaluate needs sequences with targets")
-    preds = predict_sequences(model, records, batch_size=batch_size)
+    return step_accuracy(records, predict_sequences(model, records, batch_size=batch_size))
+
+
+def step_accuracy(records: Sequence[SeqRecord], preds: Sequence[np.ndarray]) -> float:
+    """Fraction of real steps whose prediction matches the target (argmax, or 0.5 threshold for 1 output)."""
     correct = total = 0
     for r, p in zip(records, preds):
-        if p.shape[1] != r.targets.shape[1]:
-            raise DataError(f"sequence {r.id!r}: {r.targets.shape[1]} target columns, model gives {p.shape[1]}")
+        if r.targets is None or p.shape != r.targets.shape:
+            raise DataError(f"sequence {r.id!r}: targets {None if r.targets is None else r.targets.shape} "
+                            f"do not match the predictions {p.shape}")
         if p.shape[1] == 1:
             hit = (p[:, 0] > 0.5) == (r.targets[:, 0] > 0.5)
         else:

@@ -15,7 +15,22 @@ from typing import Sequence
 import numpy as np
 
 from models.data import SeqRecord, length_stats, synthetic_sequences
-from models.errors import DataError
+from models.errors import DataError, ModelError
+
+
+def parse_units(text: str | Sequence[int]) -> tuple[int, ...]:
+    """'32,8' -> (32, 8); refuses empty, non-integer or non-positive entries with a ModelError."""
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        try:
+            units = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ModelError(f"units {text!r} must be comma-separated positive integers, e.g. 32,8") from None
+    else:
+        units = tuple(int(u) for u in text)
+    if not units or any(u < 1 for u in units):
+        raise ModelError(f"units {text!r} must be one or more positive integers, e.g. 32,8")
+    return units
 
 
 @dataclass
@@ -95,8 +110,6 @@ def train(
     `eval_sets`: name -> sequences with targets; each gives `eval_accuracy_<name>` in the manifest.
     `out_dir`: when given, DIR/model.keras and DIR/manifest.json are written.
     """
-    import tensorflow as tf
-
     from models.architectures import build_model
     from models.batching import BucketedBatches
     from models.manifest import build_manifest, save_run
@@ -107,6 +120,10 @@ def train(
         raise DataError(f"epochs, batch size and learning rate must be positive, got {config.epochs}, "
                         f"{config.batch_size}, {config.learning_rate}")
     feature_size, output_size = _check_records(records)
+    for name, eval_records in (eval_sets or {}).items():
+        if _check_records(eval_records) != (feature_size, output_size):
+            raise DataError(f"{name} sequences have {_check_records(eval_records)} (features, targets) per step; "
+                            f"the training data has ({feature_size}, {output_size})")
     batches = BucketedBatches(records, config.batch_size, masking=config.masking, seed=config.seed)
     lr = _learning_rate(config, config.epochs * len(batches))
     model = build_model(feature_size, output_size, cell=config.cell, units=config.units,
@@ -116,7 +133,7 @@ def train(
     _log(f"training {model.name} on {stats['count']} sequences (lengths {stats['min']}..{stats['max']}, "
          f"mean {stats['mean']}): {len(batches)} length-bucketed batches of <= {config.batch_size} per epoch, "
          f"~{batches.waste_pct:.1f}% padded steps (pad-to-max would be {batches.pad_to_max_waste_pct:.1f}%)")
-    dataset = batches.as_tf_dataset().apply(tf.data.experimental.assert_cardinality(len(batches)))
+    dataset = batches.as_tf_dataset()
     started = time.monotonic()
     history = model.fit(dataset, epochs=config.epochs, verbose=config.verbose, shuffle=False)  # batches.epoch shuffles
     train_seconds = time.monotonic() - started
@@ -151,7 +168,10 @@ def train(
 
 
 def train_synthetic(
-    config: TrainConfig | None = None, synthetic: SyntheticConfig | None = None, out_dir=None
+    config: TrainConfig | None = None,
+    synthetic: SyntheticConfig | None = None,
+    out_dir=None,
+    extra_eval_sets: dict[str, Sequence[SeqRecord]] | None = None,
 ) -> TrainResult:
     """Train on the Q&A task and record accuracy on fresh, longer sequences (`eval_accuracy_len_A_B`)."""
     config = config or TrainConfig()
@@ -162,6 +182,7 @@ def train_synthetic(
         fresh = synthetic_sequences(s.eval_sequences, s.eval_min_len, s.eval_max_len,
                                     seed=np.random.default_rng([config.seed, 1]))
         eval_sets[f"len_{s.eval_min_len}_{s.eval_max_len}"] = fresh
+    eval_sets.update(extra_eval_sets or {})
     info = {"source": "synthetic", "task": "x[t,0] + sum(x[t-i,i], i=1..4) > 2.5, one-hot",
             **{k: v for k, v in asdict(s).items()}}
     return train(records, config, out_dir=out_dir, eval_sets=eval_sets, data_info=info)
