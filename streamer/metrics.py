@@ -11,6 +11,7 @@ whole numpy array per poll, so the per-event cost stays a few nanoseconds.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from typing import Iterable
 
 import numpy as np
@@ -43,6 +44,7 @@ class BulkHistogram:
         self.name = name
         self.documentation = documentation
         self.bounds = np.asarray(sorted(buckets), dtype=np.float64)
+        self._bound_list = self.bounds.tolist()
         self._counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)  # last: above every bound (+Inf)
         self._sum = 0.0
         self._lock = threading.Lock()
@@ -62,7 +64,7 @@ class BulkHistogram:
     def observe(self, value: float, count: int = 1) -> None:
         if count <= 0:
             return
-        i = int(np.searchsorted(self.bounds, value, side="left"))
+        i = bisect_left(self._bound_list, value)  # same bucket as searchsorted(side="left"), cheaper for one value
         with self._lock:
             self._counts[i] += count
             self._sum += value * count
