@@ -197,6 +197,8 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
     rows: list = []
     for i, raw in enumerate(messages):
         try:
+            if type(raw) is not bytes and type(raw) is not str:
+                raw = _as_bytes(raw)
             size = len(raw) if type(raw) is bytes else len(raw.encode("utf-8", "surrogatepass"))
             if size > max_message_bytes:
                 raise EventError(MESSAGE_TOO_LARGE, f"message exceeds the limit of {max_message_bytes} bytes "
@@ -263,6 +265,16 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
     return events, rejected
 
 
+def _as_bytes(raw: Any) -> bytes:
+    """A message that is neither bytes nor str: a Kafka tombstone (None) is empty, buffers are copied."""
+    if raw is None:
+        return b""
+    try:
+        return memoryview(raw).tobytes()  # bytearray, memoryview...; not bytes(int), which makes zeros
+    except TypeError:
+        raise EventError(INVALID_JSON, f"message is {type(raw).__name__}, not bytes") from None
+
+
 def _to_float32(rows: list, feature_size: int) -> np.ndarray:
     if not rows:
         return np.empty((0, feature_size), dtype=np.float32)
@@ -310,7 +322,7 @@ def select(events: Events, keep: np.ndarray) -> Events:
 # --------------------------------------------------------------------------- dead letters
 
 
-def dead_letter(code: str, detail: str, source: Any, payload: bytes | str) -> dict:
+def dead_letter(code: str, detail: str, source: Any, payload: bytes | str | None) -> dict:
     """A dead-letter record.
 
     ``{"error": code, "detail": text, "source": {...}, "payload": text}``. `source` is the transport's
@@ -321,7 +333,13 @@ def dead_letter(code: str, detail: str, source: Any, payload: bytes | str) -> di
     ``"payload_truncated": true``.
     """
     record: dict = {"error": code, "detail": detail, "source": source}
-    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload)
+    if isinstance(payload, str):
+        raw = payload.encode("utf-8", "surrogatepass")
+    else:
+        try:
+            raw = b"" if payload is None else memoryview(payload).tobytes()
+        except TypeError:
+            raw = repr(payload).encode("utf-8")
     truncated = len(raw) > DEAD_LETTER_PAYLOAD_LIMIT and code == MESSAGE_TOO_LARGE
     if truncated:
         raw = raw[:DEAD_LETTER_PAYLOAD_LIMIT]

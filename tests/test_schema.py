@@ -104,6 +104,15 @@ def test_deeply_nested_json_under_the_size_limit_is_invalid_json_not_a_crash():
     assert [r.code for r in rejected] == [schema.INVALID_JSON]
 
 
+def test_kafka_tombstones_and_buffers_are_messages_too():
+    events, rejected = decode([None, bytearray(enc(GOOD)), memoryview(b"{"), 17], F)
+    assert [(r.index, r.code) for r in rejected] == [(0, schema.INVALID_JSON), (2, schema.INVALID_JSON),
+                                                     (3, schema.INVALID_JSON)]
+    assert events.stream_ids == ["a"]
+    assert dead_letter("invalid_json", "x", {}, None)["payload"] == ""
+    assert dead_letter("invalid_json", "x", {}, memoryview(b"{"))["payload"] == "{"
+
+
 def test_valid_shapes_and_optional_fields():
     messages = [
         enc({"stream_id": "a", "features": [1, 2, 3]}),
