@@ -1,9 +1,9 @@
 """Numpy kernels of the streaming step model: activations and one-timestep layer ops.
 
-Every op works on 2-D float32 arrays `(batch, features)` for a single timestep. Recurrent ops
-read their previous state from a slice of the flat input state and write the next state into
-the same slice of a fresh output state, so a whole model step allocates little beyond the
-gate pre-activations.
+Every op works on one timestep of 2-D float32 arrays, feature-major `(features, batch)` (see
+the note above the ops). Recurrent ops read their previous state from a block of the flat
+input state and write the next state into the same block of a fresh output state, so a whole
+model step allocates little beyond the gate pre-activations.
 
 Weights are kept in the Keras layout (`layer.get_weights()` order and gate order) in `params`;
 each op derives fused/reordered copies for the hot loop once, at construction.
@@ -205,12 +205,8 @@ def _shrink(kind, threshold):
     return hard_shrink if kind == "hard_shrink" else soft_shrink
 
 
-# erf for float32 gelu: Abramowitz & Stegun 7.1.26 is only 1.5e-7 accurate, which is enough at
-# float32 tolerance, but math.erf per element is exact; use the vectorised rational form.
 def _erf(x):
-    # W. J. Cody style: use float64 and the A&S 7.1.26 formula refined by one Newton step
-    # would be overkill; float64 evaluation of np.vectorize(math.erf) is exact but slow, so we
-    # evaluate in float64 with a high-accuracy approximation (max error ~1.2e-7).
+    """erf in float64 (Numerical Recipes erfc rational approximation, |error| < 1.2e-7)."""
     z = np.abs(x).astype(np.float64)
     t = 1.0 / (1.0 + 0.5 * z)
     y = 1.0 - t * np.exp(
@@ -311,7 +307,8 @@ class Activation:
     """A named activation (optionally with parameters) resolved to a numpy kernel.
 
     `spec` is a name ("tanh") or a dict {"name": "relu", "max_value": 6.0, ...} as stored in
-    step_model.json. `rowwise` is True for softmax-type activations (act on the last axis).
+    step_model.json. `rowwise` is True for softmax-type activations, which act on each
+    stream's whole feature vector rather than element by element.
     """
 
     __slots__ = ("spec", "fn", "rowwise", "is_linear")
@@ -341,38 +338,65 @@ class Activation:
             self.fn = _squareplus_b(params.get("b", 4))
         elif name in ("hard_shrink", "soft_shrink") and set(params) <= {"threshold"}:
             self.fn = _shrink(name, params.get("threshold", 0.5))
-        elif name in ("softmax", "log_softmax") and params in ({"axis": -1},):
-            self.fn = _ROWWISE[name]
-            self.rowwise = True
         else:
             raise ModelError(
                 f"unsupported activation {spec!r}; supported: {', '.join(SUPPORTED_ACTIVATIONS)}"
             )
 
     def __call__(self, x, out=None):
+        """Apply to batch-major x (batch, features); in place when out is None."""
         return self.fn(x, x if out is None else out)
 
+    def apply_t(self, x, out):
+        """Apply to feature-major x (features, batch), the layout the ops work in."""
+        if self.rowwise:
+            self.fn(x.T, out.T)
+            return out
+        return self.fn(x, out)
 
-def apply_gates(act: Activation, z: np.ndarray, units: int) -> None:
-    """Apply `act` in place to the gate block `z` (width k*units), gate by gate if row-wise."""
+
+def apply_gates_t(act: Activation, z: np.ndarray, units: int) -> None:
+    """Apply `act` in place to the feature-major gate block z (k*units, batch), gate by gate
+    when the activation is row-wise (Keras applies it to each gate separately)."""
     if not act.rowwise:
         act.fn(z, z)
         return
-    for k in range(z.shape[1] // units):
-        g = z[:, k * units:(k + 1) * units]
-        act.fn(g, g)
+    for k in range(z.shape[0] // units):
+        g = z[k * units:(k + 1) * units]
+        act.apply_t(g, g)
 
 
 # --------------------------------------------------------------------------------------------
-# Layer ops
+# Layer ops.
+#
+# Ops work feature-major: activations are (features, batch) and the state is (S, batch), so
+# that each gate, each state block and each elementwise operand is one contiguous block of
+# memory. (Batch-major slices such as state[:, a:b] are strided views, and numpy runs an
+# elementwise op over them row by row: about 20 times slower at batch 4096.) StepModel
+# transposes the caller's (batch, S) state in and out once per step.
+# Weights are stored transposed for this: z = W^T @ [x; h].
 # --------------------------------------------------------------------------------------------
+
+_HALF = np.array(0.5, dtype=F32)  # 0-d array: numpy's cheapest scalar operand
 
 
 def _f32(a, shape, what):
+    if a is None:
+        raise ModelError(f"{what} is missing")
     a = np.asarray(a, dtype=F32)
     if a.shape != tuple(shape):
         raise ModelError(f"{what} has shape {a.shape}, expected {tuple(shape)}")
     return a
+
+
+def _col(b):
+    return None if b is None else np.ascontiguousarray(np.asarray(b, dtype=F32).reshape(-1, 1))
+
+
+def _sigmoid_by_tanh(z):
+    """In place: z holds tanh(a / 2) (weights pre-scaled by 1/2); make it sigmoid(a)."""
+    z *= _HALF
+    z += _HALF
 
 
 class Op:
@@ -397,6 +421,11 @@ class Op:
         return {}
 
     def forward(self, x, state, new_state, keep):
+        """One timestep, feature-major: x (in_size, B), state/new_state (S, B) -> (out_size, B).
+
+        Reads this op's block of `state`, writes the same block of `new_state`. `keep` is None
+        or a (B,) bool array; columns where it is False are masked steps (state kept).
+        """
         raise NotImplementedError
 
 
@@ -410,6 +439,10 @@ class DenseOp(Op):
         self.use_bias = bool(use_bias)
         self.kernel = _f32(kernel, (self.in_size, self.units), f"{name}: kernel")
         self.bias = _f32(bias, (self.units,), f"{name}: bias") if self.use_bias else None
+        self._fast_sigmoid = activation == "sigmoid"
+        scale = F32(0.5) if self._fast_sigmoid else F32(1)
+        self._wt = np.ascontiguousarray(self.kernel.T * scale)
+        self._b = _col(None if self.bias is None else self.bias * scale)
 
     def config(self):
         return {"kind": self.kind, "name": self.name, "units": self.units,
@@ -419,11 +452,14 @@ class DenseOp(Op):
         return {"kernel": self.kernel, **({"bias": self.bias} if self.use_bias else {})}
 
     def forward(self, x, state, new_state, keep):
-        y = x @ self.kernel
-        if self.bias is not None:
-            y += self.bias
-        if not self.activation.is_linear:
-            self.activation.fn(y, y)
+        y = np.dot(self._wt, x)
+        if self._b is not None:
+            y += self._b
+        if self._fast_sigmoid:
+            np.tanh(y, out=y)
+            _sigmoid_by_tanh(y)
+        elif not self.activation.is_linear:
+            self.activation.apply_t(y, y)
         return y
 
 
@@ -441,11 +477,11 @@ class ActivationOp(Op):
     def forward(self, x, state, new_state, keep):
         if self.activation.is_linear:
             return x
-        return self.activation.fn(x, np.empty_like(x))
+        return self.activation.apply_t(x, np.empty_like(x))
 
 
 class _RNNOp(Op):
-    """Shared plumbing of the recurrent ops: weights in Keras layout, masking of kept rows."""
+    """Shared plumbing of the recurrent ops: weights in Keras layout, masking of kept columns."""
 
     gates = 1
 
@@ -475,16 +511,25 @@ class _RNNOp(Op):
         return p
 
     def _restore_masked(self, state, new_state, keep):
-        """Rows not in `keep` (masked steps) keep their whole previous state."""
+        """Columns not in `keep` (masked steps) keep their whole previous state."""
         if keep is not None:
             drop = ~keep
-            s = self.offset
-            new_state[drop, s:s + self.state_size] = state[drop, s:s + self.state_size]
+            rows = slice(self.offset, self.offset + self.state_size)
+            new_state[rows, drop] = state[rows, drop]
+
+
+def _is(act: Activation, name: str) -> bool:
+    return act.spec == name
 
 
 class LSTMOp(_RNNOp):
-    """Keras LSTM cell. Gates are reordered from Keras (i, f, c, o) to (i, f, o, c) so that the
-    recurrent activation runs once over one contiguous block of three gates."""
+    """Keras LSTM cell, one fused matmul per step: z = W^T @ [x; h], W = [kernel; recurrent_kernel]
+    with the gates reordered from Keras (i, f, c, o) to (i, f, o, c).
+
+    Fast path (the Keras defaults, sigmoid gates and tanh cell): the i, f, o rows are pre-scaled
+    by 1/2 (exact in floating point), so one tanh over the whole pre-activation block gives every
+    gate: sigmoid(a) = 0.5 * tanh(a / 2) + 0.5.
+    """
 
     kind = "lstm"
     gates = 4
@@ -496,31 +541,46 @@ class LSTMOp(_RNNOp):
         u = self.units
         self.state_blocks = (("h", u), ("c", u))
         order = np.r_[0:2 * u, 3 * u:4 * u, 2 * u:3 * u]  # i f o c
-        self._wx = np.ascontiguousarray(self.kernel[:, order])
-        self._wh = np.ascontiguousarray(self.recurrent_kernel[:, order])
-        self._b = np.ascontiguousarray(self.bias[order]) if self.use_bias else None
+        w = np.concatenate([self.kernel, self.recurrent_kernel], axis=0)[:, order]
+        b = self.bias[order] if self.use_bias else None
+        self._fast = _is(self.recurrent_activation, "sigmoid") and _is(self.activation, "tanh")
+        if self._fast:
+            w[:, :3 * u] *= F32(0.5)
+            if b is not None:
+                b[:3 * u] *= F32(0.5)
+        self._wt = np.ascontiguousarray(w.T)
+        self._b = _col(b)
 
     def forward(self, x, state, new_state, keep):
         u, s = self.units, self.offset
-        z = x @ self._wx
-        z += state[:, s:s + u] @ self._wh
+        z = np.dot(self._wt, np.concatenate((x, state[s:s + u])))
         if self._b is not None:
             z += self._b
-        apply_gates(self.recurrent_activation, z[:, :3 * u], u)
-        g = z[:, 3 * u:]
-        self.activation.fn(g, g)
-        c_new = new_state[:, s + u:s + 2 * u]
-        np.multiply(z[:, u:2 * u], state[:, s + u:s + 2 * u], out=c_new)  # f * c
-        g *= z[:, :u]  # i * g
+        g = z[3 * u:]
+        if self._fast:
+            np.tanh(z, out=z)
+            _sigmoid_by_tanh(z[:3 * u])
+        else:
+            apply_gates_t(self.recurrent_activation, z[:3 * u], u)
+            self.activation.apply_t(g, g)
+        c_new = new_state[s + u:s + 2 * u]
+        np.multiply(z[u:2 * u], state[s + u:s + 2 * u], out=c_new)  # f * c
+        g *= z[:u]  # i * g
         c_new += g
-        h_new = new_state[:, s:s + u]
-        np.multiply(z[:, 2 * u:3 * u], self.activation.fn(c_new, g), out=h_new)  # o * act(c)
+        h_new = new_state[s:s + u]
+        np.multiply(z[2 * u:3 * u], self.activation.apply_t(c_new, g), out=h_new)  # o * act(c)
         self._restore_masked(state, new_state, keep)
         return h_new
 
 
 class GRUOp(_RNNOp):
-    """Keras GRU cell (gate order z, r, h), reset_after True (v3/CuDNN style) or False (v1)."""
+    """Keras GRU cell (gate order z, r, h), reset_after True (v3/CuDNN style) or False (v1).
+
+    reset_after=True runs one fused matmul, [[Wx_zr, Wx_h, 0], [Wh_zr, 0, Wh_h]]^T @ [x; h],
+    giving the z/r pre-activations and the input and recurrent parts of the candidate one
+    after another. reset_after=False needs a second, smaller matmul for Wh_h^T @ (r * h).
+    With sigmoid gates the z/r rows are pre-scaled by 1/2 and sigmoid is 0.5 * tanh + 0.5.
+    """
 
     kind = "gru"
     gates = 3
@@ -533,21 +593,31 @@ class GRUOp(_RNNOp):
                          kernel, recurrent_kernel, bias,
                          bias_shape=(2, 3 * u) if self.reset_after else (3 * u,))
         self.state_blocks = (("h", u),)
-        self._wx = self.kernel
+        f = self.in_size
+        k, rk = self.kernel, self.recurrent_kernel
         if self.reset_after:
-            self._wh = self.recurrent_kernel
+            w = np.zeros((f + u, 4 * u), F32)
+            w[:f, :3 * u] = k
+            w[f:, :2 * u] = rk[:, :2 * u]
+            w[f:, 3 * u:] = rk[:, 2 * u:]
+            b = None
             if self.use_bias:
-                # z and r gates sum both biases; the candidate keeps them apart (r * (h U + b_rec)).
-                bx = self.bias[0].copy()
-                bx[:2 * u] += self.bias[1][:2 * u]
-                self._bx = bx
-                self._bh = np.ascontiguousarray(self.bias[1][2 * u:])
-            else:
-                self._bx = self._bh = None
+                b = np.concatenate([self.bias[0][:2 * u] + self.bias[1][:2 * u],
+                                    self.bias[0][2 * u:], self.bias[1][2 * u:]])
+            self._wh_ht = None
         else:
-            self._wh_zr = np.ascontiguousarray(self.recurrent_kernel[:, :2 * u])
-            self._wh_h = np.ascontiguousarray(self.recurrent_kernel[:, 2 * u:])
-            self._bx = self.bias if self.use_bias else None
+            w = np.zeros((f + u, 3 * u), F32)
+            w[:f] = k
+            w[f:, :2 * u] = rk[:, :2 * u]
+            b = self.bias.copy() if self.use_bias else None
+            self._wh_ht = np.ascontiguousarray(rk[:, 2 * u:].T)
+        self._fast = _is(self.recurrent_activation, "sigmoid")
+        if self._fast:
+            w[:, :2 * u] *= F32(0.5)
+            if b is not None:
+                b[:2 * u] *= F32(0.5)
+        self._wt = np.ascontiguousarray(w.T)
+        self._b = _col(b)
 
     def config(self):
         cfg = super().config()
@@ -556,37 +626,36 @@ class GRUOp(_RNNOp):
 
     def forward(self, x, state, new_state, keep):
         u, s = self.units, self.offset
-        h = state[:, s:s + u]
-        xz = x @ self._wx
-        if self._bx is not None:
-            xz += self._bx
-        if self.reset_after:
-            hz = h @ self._wh
-            zr = xz[:, :2 * u]
-            zr += hz[:, :2 * u]
-            apply_gates(self.recurrent_activation, zr, u)
-            rh = hz[:, 2 * u:]
-            if self._bh is not None:
-                rh += self._bh
-            rh *= zr[:, u:]
+        h = state[s:s + u]
+        z = np.dot(self._wt, np.concatenate((x, h)))
+        if self._b is not None:
+            z += self._b
+        zr = z[:2 * u]
+        if self._fast:
+            np.tanh(zr, out=zr)
+            _sigmoid_by_tanh(zr)
         else:
-            zr = xz[:, :2 * u]
-            zr += h @ self._wh_zr
-            apply_gates(self.recurrent_activation, zr, u)
-            rh = (zr[:, u:] * h) @ self._wh_h
-        hh = xz[:, 2 * u:]
+            apply_gates_t(self.recurrent_activation, zr, u)
+        hh = z[2 * u:3 * u]
+        if self.reset_after:
+            rh = z[3 * u:]
+            rh *= zr[u:]
+        else:
+            rh = np.dot(self._wh_ht, zr[u:] * h)
         hh += rh
-        self.activation.fn(hh, hh)
-        h_new = new_state[:, s:s + u]
+        self.activation.apply_t(hh, hh)
+        h_new = new_state[s:s + u]
         # z * h + (1 - z) * hh  ==  hh + z * (h - hh)
         np.subtract(h, hh, out=h_new)
-        h_new *= zr[:, :u]
+        h_new *= zr[:u]
         h_new += hh
         self._restore_masked(state, new_state, keep)
         return h_new
 
 
 class SimpleRNNOp(_RNNOp):
+    """Keras SimpleRNN cell: h = act([kernel; recurrent_kernel]^T @ [x; h] + b)."""
+
     kind = "simple_rnn"
     gates = 1
 
@@ -595,15 +664,16 @@ class SimpleRNNOp(_RNNOp):
         super().__init__(name, in_size, units, activation, None, use_bias,
                          kernel, recurrent_kernel, bias)
         self.state_blocks = (("h", self.units),)
+        self._wt = np.ascontiguousarray(np.concatenate([self.kernel, self.recurrent_kernel]).T)
+        self._b = _col(self.bias)
 
     def forward(self, x, state, new_state, keep):
         u, s = self.units, self.offset
-        z = x @ self.kernel
-        z += state[:, s:s + u] @ self.recurrent_kernel
-        if self.bias is not None:
-            z += self.bias
-        h_new = new_state[:, s:s + u]
-        self.activation.fn(z, h_new)
+        z = np.dot(self._wt, np.concatenate((x, state[s:s + u])))
+        if self._b is not None:
+            z += self._b
+        h_new = new_state[s:s + u]
+        self.activation.apply_t(z, h_new)
         self._restore_masked(state, new_state, keep)
         return h_new
 

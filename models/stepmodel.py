@@ -90,8 +90,8 @@ class StepModel:
         self.output_size = size
         self.state_size = offset
         self.state_layout = [(f"{op.name}/{suffix}", w) for op in ops for suffix, w in op.state_blocks]
-        self._last_is_stateful = bool(ops[-1].state_blocks)
         self._mask = None if mask_value is None else F32(mask_value)
+        self._y_in_state = bool(ops[-1].state_blocks)  # the last op returns a view of new_state
         self.version = compute_version(self._spec_core(), self.weights())
 
     # ---- spec -------------------------------------------------------------------------------
@@ -133,8 +133,9 @@ class StepModel:
     def step(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Advance B streams by one timestep: x (B, F), state (B, S) -> (y (B, O), new_state (B, S)).
 
-        Pure: the inputs are not modified. With a mask value, a row whose features all equal it
-        keeps its state and yields the output for its previous state (Keras 3 masking).
+        Pure: the inputs are not modified and the outputs share no memory with them. With a mask
+        value, a row whose features all equal it keeps its state and yields the output for its
+        previous state (Keras 3 masking).
         """
         if type(x) is not np.ndarray or x.dtype != F32:
             x = np.asarray(x, dtype=F32)
@@ -142,26 +143,32 @@ class StepModel:
             state = np.asarray(state, dtype=F32)
         if x.ndim != 2 or x.shape[1] != self.feature_size:
             raise DataError(f"step input has shape {x.shape}, expected (batch, {self.feature_size})")
-        b = x.shape[0]
-        if state.shape != (b, self.state_size):
-            raise DataError(f"state has shape {state.shape}, expected ({b}, {self.state_size})")
+        if state.shape != (x.shape[0], self.state_size):
+            raise DataError(f"state has shape {state.shape}, expected ({x.shape[0]}, {self.state_size})")
+        # The ops work feature-major (see models.kernels): one transposition in, one out.
+        y, new_state = self._step_t(x.T, np.ascontiguousarray(state.T))
+        # (at batch 1 the transposes are views: copy y when it is a block of the new state)
+        y = np.array(y.T) if self._y_in_state else np.ascontiguousarray(y.T)
+        return y, np.ascontiguousarray(new_state.T)
+
+    def _step_t(self, x, state):
+        """One step, feature-major: x (F, B), state (S, B) contiguous -> (y (O, B), new_state (S, B))."""
         new_state = np.empty_like(state)
         keep = None
         if self._mask is not None:
-            keep = (x != self._mask).any(axis=1)
+            keep = np.logical_or.reduce(x != self._mask, axis=0)
             if keep.all():
                 keep = None
             else:
-                x = x * keep[:, None]  # Keras Masking zeroes masked steps
+                x = x * keep  # Keras Masking zeroes masked steps
         for op in self._ops:
             x = op.forward(x, state, new_state, keep)
-        if self._last_is_stateful:
-            x = x.copy()  # never hand out a view into the state
         return x, new_state
 
     def run(self, xs: np.ndarray, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Step through a sequence: xs (T, F) -> (ys (T, O), final state (S,)), or a batch of
-        equal-length sequences xs (B, T, F) -> (ys (B, T, O), final states (B, S))."""
+        equal-length sequences xs (B, T, F) -> (ys (B, T, O), final states (B, S)).
+        Same arithmetic as calling `step` once per timestep."""
         xs = np.asarray(xs, dtype=F32)
         single = xs.ndim == 2
         if single:
@@ -172,16 +179,20 @@ class StepModel:
         b, t, _ = xs.shape
         if state is None:
             state = self.initial_state(b)
-        else:
-            state = np.asarray(state, dtype=F32)
-            if single and state.ndim == 1:
-                state = state[None]
-        ys = np.empty((b, t, self.output_size), dtype=F32)
+        state = np.asarray(state, dtype=F32).reshape(b, self.state_size) if single else \
+            np.asarray(state, dtype=F32)
+        if state.shape != (b, self.state_size):
+            raise DataError(f"state has shape {state.shape}, expected ({b}, {self.state_size})")
+        xs_t = np.ascontiguousarray(xs.transpose(1, 2, 0))  # (T, F, B)
+        ys_t = np.empty((t, self.output_size, b), dtype=F32)
+        state_t = np.ascontiguousarray(state.T)
         for i in range(t):
-            ys[:, i], state = self.step(xs[:, i], state)
+            ys_t[i], state_t = self._step_t(xs_t[i], state_t)
+        ys = np.ascontiguousarray(ys_t.transpose(2, 0, 1))
+        final = np.ascontiguousarray(state_t.T)
         if single:
-            return ys[0], state[0]
-        return ys, state
+            return ys[0], final[0]
+        return ys, final
 
     # ---- persistence ------------------------------------------------------------------------
     def spec(self) -> dict:
