@@ -324,3 +324,43 @@ def test_apply_takes_decoded_events_directly(model):
         outputs, rejected = engine.apply(Events.from_arrays(["a", "b"], np.stack([x[t], x[t]])))
         assert rejected == [] and outputs.row_steps.tolist() == [t, t]
     np.testing.assert_allclose(outputs.predictions, np.stack([model.run(x)[0][2]] * 2), atol=TOL)
+
+
+def test_fuzzed_messages_never_crash_nor_touch_a_clean_stream(model):
+    """Random byte flips, truncations and odd field values around a clean stream."""
+    rng = np.random.default_rng(13)
+    x = rng.random((60, F), dtype=np.float32)
+    odd_values = [None, True, -1, 2**64, 1.5, "x", "", [], [[]], {}, [1, 2, 3], [[1, 2, 3]], float("nan"),
+                  1e308, "é" * 300, [[1, 2, 3], [1, 2]], [True, 1, 2]]
+    msgs = []
+    for t in range(60):
+        msgs.append(event("clean", x[t], step=t))
+        for _ in range(3):
+            obj = {"stream_id": f"m-{rng.integers(5)}", "step": int(rng.integers(0, 5)),
+                   "features": rng.random(F).tolist()}
+            kind = rng.integers(3)
+            if kind == 0:
+                key = ["stream_id", "step", "features", "reset", "end", "ts"][rng.integers(6)]
+                obj[key] = odd_values[rng.integers(len(odd_values))]
+                raw = json.dumps(obj).encode()
+            else:
+                raw = bytearray(json.dumps(obj).encode())
+                if kind == 1:
+                    for _ in range(int(rng.integers(1, 4))):
+                        raw[rng.integers(len(raw))] = int(rng.integers(256))
+                else:
+                    raw = raw[: rng.integers(len(raw))]
+                raw = bytes(raw)
+            msgs.append(raw)
+    for policy in ("apply", "reject", "reset"):
+        engine, metrics = make(model, on_gap=policy, max_streams=8)
+        sink = feed(engine, msgs, batch_size=int(rng.integers(1, 50)))
+        got = preds_of(sink.records, "clean")
+        assert sorted(got) == list(range(60))
+        np.testing.assert_allclose(np.array([got[t] for t in range(60)]), model.run(x)[0], atol=TOL)
+        for d in sink.dead_letters:
+            assert d["error"] in schema.ERROR_CODES
+            json.dumps(d)
+        assert value(metrics, "streamer_events_total", outcome="invalid") + \
+            value(metrics, "streamer_events_total", outcome="rejected") + \
+            value(metrics, "streamer_events_total", outcome="refused") == len(sink.dead_letters)
