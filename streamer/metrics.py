@@ -115,10 +115,12 @@ class Metrics:
         self.polls = Counter("streamer_polls_total", "Polls (batches of messages) processed", registry=r)
         self.wave_size = Histogram("streamer_wave_size_streams", "Streams advanced by one batched model step",
                                    buckets=WAVE_BUCKETS, registry=r)
-        self.poll_duration = Histogram("streamer_poll_duration_seconds", "Time from a poll's arrival until "
-                                       "its outputs are ready (decode, validate, step; before the sink)", buckets=LATENCY_BUCKETS, registry=r)
-        self.event_latency = BulkHistogram("streamer_event_latency_seconds", "Per event: time from its poll's "
-                                           "arrival until its prediction is ready (before the sink)", LATENCY_BUCKETS, r)
+        self.poll_duration = Histogram("streamer_poll_duration_seconds",
+                                       "Time from a poll's arrival until its outputs are ready (decode, validate, "
+                                       "step; before the sink)", buckets=LATENCY_BUCKETS, registry=r)
+        self.event_latency = BulkHistogram("streamer_event_latency_seconds",
+                                           "Per event: time from its poll's arrival until its prediction is ready "
+                                           "(before the sink)", LATENCY_BUCKETS, r)
         self.event_lag = BulkHistogram("streamer_event_lag_seconds", "Per event with ts: processing time minus "
                                        "event time", LAG_BUCKETS, r)
         self.model = Info("streamer_model", "The served model", registry=r)
