@@ -232,7 +232,8 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
             end = _check_flag(obj, "end", INVALID_END) if "end" in obj else False
             ts = obj.get("ts")
             if ts is not None and (type(ts) not in _TS_TYPES or not 0 <= ts <= MAX_TS):
-                raise EventError(INVALID_TS, f"'ts' must be epoch milliseconds (a finite number >= 0), got {_short(ts)}")
+                raise EventError(INVALID_TS, f"'ts' must be epoch milliseconds, a number from 0 to {MAX_TS}, "
+                                             f"got {_short(ts)}")
         except EventError as exc:
             rejected.append(Rejection(i, exc.code, exc.detail))
             continue

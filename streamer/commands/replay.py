@@ -33,7 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--dlq", metavar="PATH",
                    help="dead letters, JSONL (error, detail, source {file, line}, payload); default: only "
                         "counted in the summary")
-    p.add_argument("--batch-lines", type=positive_int, default=env_default("batch_lines", 1000, positive_int), metavar="N",
+    p.add_argument("--batch-lines", type=positive_int, metavar="N",
+                   default=env_default("batch_lines", 1000, positive_int),
                    help="lines per poll (default 1000) [STREAMER_BATCH_LINES]")
     p.add_argument("--quiet", action="store_true", help="no summary on stderr")
     add_engine_options(p)
@@ -51,8 +52,11 @@ def run(args) -> int:
     from streamer.metrics import Metrics
     from streamer.transports.jsonl import JsonlSink, JsonlSource
 
-    if args.dlq is not None and args.dlq in ("-", args.output) or args.input != "-" and args.input == args.output:
-        raise UserError("--input, --output and --dlq must be different files (and --dlq a file, not -)")
+    if args.dlq == "-":
+        raise UserError("--dlq needs a file path (- is not supported: stdout carries the predictions)")
+    named = [p for p in (args.input, args.output, args.dlq) if p not in (None, "-")]
+    if len(set(named)) != len(named):
+        raise UserError("--input, --output and --dlq must be different files")
     started = time.perf_counter()
     metrics = Metrics(CollectorRegistry())
     server = None

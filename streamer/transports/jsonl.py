@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 from typing import BinaryIO, Iterator, TextIO
 
-import numpy as np
-
-from streamer.schema import DEFAULT_MAX_MESSAGE_BYTES
+from streamer.config import DEFAULT_MAX_MESSAGE_BYTES
 from streamer.transports import Poll
 
 
