@@ -393,7 +393,13 @@ class Engine:
         m.active_streams.set(len(self.store))
         m.state_capacity.set(self.store.capacity)
 
-    # ------------------------------------------------------------------ partitions (Kafka)
+    # ------------------------------------------------------------------ partitions and checkpoints (Kafka)
+
+    def restore(self, record) -> None:
+        """Load a checkpointed `StreamRecord` (StateMismatch if it belongs to another model)."""
+        self.store.restore(record)
+        self.metrics.active_streams.set(len(self.store))
+        self.metrics.state_capacity.set(self.store.capacity)
 
     def drop_partition(self, partition: int) -> list[str]:
         dropped = self.store.drop_partition(partition)

@@ -364,3 +364,23 @@ def test_fuzzed_messages_never_crash_nor_touch_a_clean_stream(model):
         assert value(metrics, "streamer_events_total", outcome="invalid") + \
             value(metrics, "streamer_events_total", outcome="rejected") + \
             value(metrics, "streamer_events_total", outcome="refused") == len(sink.dead_letters)
+
+
+def test_a_stream_resumes_from_its_checkpoint_in_another_engine(model):
+    from streamer.state import StateMismatch, StreamRecord
+
+    x = np.random.default_rng(14).random((8, F), dtype=np.float32)
+    first, _ = make(model)
+    feed(first, [event("a", x[t], step=t) for t in range(5)], batch_size=2)
+    changes = first.store.take_changes()
+    assert changes.updated == [("a", -1)]
+    blob = first.store.export("a").to_bytes()
+    second, metrics = make(model)
+    second.restore(StreamRecord.from_bytes(blob))
+    assert value(metrics, "streamer_active_streams") == 1
+    sink = feed(second, [event("a", x[4], step=4)] + [event("a", x[t], step=t) for t in range(5, 8)])
+    assert [r["step"] for r in sink.records] == [5, 6, 7]  # step 4 was already applied before the checkpoint
+    np.testing.assert_allclose([r["prediction"] for r in sink.records], model.run(x)[0][5:], atol=TOL)
+    other, _ = make(lstm_step_model(F, (6, 4), 2, seed=99))
+    with pytest.raises(StateMismatch):
+        other.restore(StreamRecord.from_bytes(blob))
