@@ -170,13 +170,24 @@ class BucketedBatches:
             spec.append(tf.TensorSpec((None, None), tf.float32))
         return tuple(spec)
 
-    def as_tf_dataset(self):
-        """A `tf.data.Dataset` with (batch, time) both dynamic; each iteration (epoch) replans.
+    def stream(self) -> Iterator[tuple]:
+        """Epoch after epoch of batches, endlessly (each pass a fresh plan)."""
+        while True:
+            yield from self.epoch()
+
+    def as_tf_dataset(self, endless: bool = True):
+        """A `tf.data.Dataset` of the batches with (batch, time) both dynamic.
+
+        `endless=True` (for `fit(..., steps_per_epoch=len(batches))`): passes follow each other without
+        end, each under a fresh plan. Under a step budget the number of batches per pass can vary by one
+        or two, and Keras copes badly with epochs of changing size, so a Keras "epoch" is a fixed number
+        of batches here, while every pass over the data still shows each sequence exactly once.
+        `endless=False`: one pass per iteration of the dataset.
 
         An explicit signature matters: Keras infers a generator's/PyDataset's shapes from its first two
         batches, so two equal-length first batches would pin the time axis and a later batch would fail.
-        The cardinality is left unknown: under a step budget the number of batches can vary by epoch.
         """
         import tensorflow as tf
 
-        return tf.data.Dataset.from_generator(self.epoch, output_signature=self.output_signature()).prefetch(2)
+        source = self.stream if endless else self.epoch
+        return tf.data.Dataset.from_generator(source, output_signature=self.output_signature()).prefetch(2)

@@ -125,7 +125,7 @@ def train(
             raise DataError(f"{name} sequences have {_check_records(eval_records)} (features, targets) per step; "
                             f"the training data has ({feature_size}, {output_size})")
     batches = BucketedBatches(records, config.batch_size, masking=config.masking, seed=config.seed)
-    lr = _learning_rate(config, config.epochs * len(batches))
+    lr = _learning_rate(config, config.epochs * len(batches))  # exactly the number of optimizer steps
     model = build_model(feature_size, output_size, cell=config.cell, units=config.units,
                         activation=config.activation, loss=config.loss, masking=config.masking,
                         learning_rate=lr, seed=config.seed)
@@ -133,9 +133,10 @@ def train(
     _log(f"training {model.name} on {stats['count']} sequences (lengths {stats['min']}..{stats['max']}, "
          f"mean {stats['mean']}): {len(batches)} length-bucketed batches of <= {config.batch_size} per epoch, "
          f"~{batches.waste_pct:.1f}% padded steps (pad-to-max would be {batches.pad_to_max_waste_pct:.1f}%)")
-    dataset = batches.as_tf_dataset()
+    steps_per_epoch = len(batches)  # the first pass's batch count; see BucketedBatches.as_tf_dataset
     started = time.monotonic()
-    history = model.fit(dataset, epochs=config.epochs, verbose=config.verbose, shuffle=False)  # batches.epoch shuffles
+    history = model.fit(batches.as_tf_dataset(), steps_per_epoch=steps_per_epoch, epochs=config.epochs,
+                        verbose=config.verbose, shuffle=False)  # BucketedBatches shuffles every pass
     train_seconds = time.monotonic() - started
 
     forward = Forward(model)
@@ -145,7 +146,7 @@ def train(
     final = {k: round(float(v[-1]), 6) for k, v in history.history.items()}
     training = asdict(config)
     training.update(loss=model.loss if isinstance(model.loss, str) else str(model.loss),
-                    batches_per_epoch=len(batches), seconds=round(train_seconds, 2))
+                    batches_per_epoch=steps_per_epoch, seconds=round(train_seconds, 2))
     training.pop("verbose", None)
     manifest = build_manifest(
         model,
