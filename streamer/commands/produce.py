@@ -63,10 +63,12 @@ def register(subparsers) -> None:
                     "that --streams stay open until --duration/--events or SIGTERM. A summary goes to "
                     "stderr.",
     )
-    dest = p.add_argument_group("destination (one of)")
-    dest.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]",
-                      default=env_default("bootstrap_servers", None),
-                      help="Kafka brokers to send to [STREAMER_BOOTSTRAP_SERVERS]")
+    has_kafka_flags = _add_connection_options(p)
+    dest = p.add_argument_group("destination (one of --bootstrap-servers and --output)")
+    if not has_kafka_flags:
+        dest.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]",
+                          default=env_default("bootstrap_servers", None),
+                          help="Kafka brokers to send to [STREAMER_BOOTSTRAP_SERVERS]")
     dest.add_argument("--output", metavar="FILE",
                       help="write the events as JSONL to FILE (- for stdout) instead of Kafka")
     p.add_argument("--topic", default=env_default("input_topic", "events"), metavar="TOPIC",
@@ -110,7 +112,6 @@ def register(subparsers) -> None:
                    help="how long to wait for the broker and the topic's metadata (default 15) "
                         "[STREAMER_CONNECT_TIMEOUT]")
     p.add_argument("--quiet", action="store_true", help="no summary on stderr")
-    _add_security_options(p)
     p.set_defaults(func=run)
 
 
@@ -123,24 +124,33 @@ def _flag(text: str) -> bool:
     raise _BadValue(f"expected 1/0, true/false, yes/no or on/off, got {text!r}")
 
 
-def _add_security_options(p) -> None:
-    """Kafka security flags, shared with `streamer serve` when its module is there."""
+def _add_connection_options(p) -> bool:
+    """--bootstrap-servers and the Kafka security flags shared with `streamer serve` (TLS, SASL).
+
+    File mode (--output) needs no broker, so the shared flags must not make --bootstrap-servers
+    required; returns False (plain --bootstrap-servers only) if the shared module cannot do that.
+    """
     try:
-        from streamer.kafka import config as kafka_config  # written by the serve command's author
+        from streamer.kafka.config import add_connection_options
     except ImportError:
-        return
-    add = getattr(kafka_config, "add_security_options", None)
-    if add is not None:
-        add(p)
+        return False
+    try:
+        add_connection_options(p, required=False)
+    except TypeError:  # no `required` parameter: it would make --bootstrap-servers mandatory
+        return False
+    return True
 
 
-def _producer_security(args) -> dict:
-    try:
-        from streamer.kafka import config as kafka_config
-    except ImportError:
-        return {}
-    build = getattr(kafka_config, "security_config", None)
-    return build(args) if build is not None else {}
+def _client_kwargs(args) -> dict:
+    """kafka-python connection keyword arguments (servers, client id, TLS/SASL) from the flags."""
+    if hasattr(args, "security_protocol"):
+        from streamer.kafka.config import connection_from_args
+
+        kwargs = connection_from_args(args).client_kwargs()
+        kwargs["client_id"] = "streamer-produce"
+        return kwargs
+    return {"bootstrap_servers": [s.strip() for s in args.bootstrap_servers.split(",") if s.strip()],
+            "client_id": "streamer-produce"}
 
 
 def run(args) -> int:
@@ -245,10 +255,9 @@ class _Sink:
         topic = self.args.topic
         timeout_ms = int(self.args.connect_timeout * 1000)
         try:
-            self._producer = KafkaProducer(bootstrap_servers=servers.split(","), client_id="streamer-produce",
-                                           acks="all", linger_ms=5, allow_auto_create_topics=False,
+            self._producer = KafkaProducer(acks="all", linger_ms=5, allow_auto_create_topics=False,
                                            max_block_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms,
-                                           **_producer_security(self.args))
+                                           **_client_kwargs(self.args))
         except KafkaError as exc:
             raise UserError(f"no Kafka broker answers at {servers} within {self.args.connect_timeout:g} s "
                             f"({exc}); check --bootstrap-servers and that the broker is up") from None
