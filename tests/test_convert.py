@@ -117,6 +117,9 @@ def test_accepted_options_and_layer_forms():
     stateful = keras.Sequential([keras.Input((None, 4), batch_size=2),
                                  L.LSTM(3, return_sequences=True, stateful=True), L.Dense(1)])
     assert convert_model(stateful).state_size == 6
+    # mixed precision: the step model computes in float32 (Keras' float16 is the less exact one)
+    half = seq(rs(L.GRU, 4, dtype="mixed_float16"), L.Dense(2, dtype="float32"))
+    assert convert_model(half).output_size == 2
 
 
 def test_fixed_length_input_converts_and_streams_any_length():
@@ -193,3 +196,9 @@ def test_cli_convert_errors_are_one_line_exit_2(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     assert "no such file or directory" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_convert_refuses_to_write_into_a_train_dir(qa_keras_file, capsys):
+    path, _ = qa_keras_file
+    assert main(["convert", str(path), "--out", str(path.parent)]) == 2
+    assert "holds a `streamer train` output" in capsys.readouterr().err

@@ -249,3 +249,26 @@ def test_batch_of_streams_equals_streams_alone():
             got[b].append(y[row])
     for b in range(len(seqs)):
         assert np.max(np.abs(np.array(got[b]) - alone[b])) <= TOL
+
+
+def test_streamer_train_output_converts_with_parity(tmp_path):
+    """The product's own path: `streamer train` writes DIR/model.keras (masked, post-padded
+    training); load_step_model(DIR) converts it; streaming each sequence's real steps equals
+    Keras on the padded batch."""
+    from models.data import synthetic_sequences
+    from models.serving import load_keras_model, load_step_model
+    from streamer.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--synthetic", "--out", str(out), "--units", "8,4", "--epochs", "1",
+            "--sequences", "48", "--batch-size", "16", "--max-len", "30", "--eval-sequences", "0",
+            "--verbose", "0"]
+    assert main(argv) == 0
+    step_model = load_step_model(out)
+    model = load_keras_model(out / "model.keras")
+    assert step_model.mask_value == 0.0
+    seqs = [r.features for r in synthetic_sequences(3, 5, 150, seed=np.random.default_rng(11))]
+    want = np.asarray(model(padded_batch(seqs, max(len(s) for s in seqs), pre=False), training=False))
+    for b, s in enumerate(seqs):
+        got, _ = stream_one(step_model, s)
+        assert np.max(np.abs(got - want[b, :len(s)])) <= TOL

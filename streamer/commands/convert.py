@@ -48,6 +48,9 @@ def _run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory; give a directory path")
+    if (out / "model.keras").exists():
+        raise UserError(f"--out {out} holds a `streamer train` output (model.keras, manifest.json); "
+                        "write the serving artifact to its own directory, e.g. --out artifacts/model")
     if kind == "step":
         model = StepModel.load(src)
     else:
