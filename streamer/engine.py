@@ -263,7 +263,8 @@ class Engine:
         policy = self.config.on_gap
         gap_info: dict[int, tuple[int, int]] = {}
         for rows in waves:
-            s = row_slot[rows]
+            whole = len(rows) == n_rows  # the only wave, every row in input order: no gathers needed
+            s = row_slot if whole else row_slot[rows]
             if row_reset is not None:
                 rr = row_reset[rows]
                 if rr.any():
@@ -271,7 +272,7 @@ class Engine:
                     store.restart(s[rr], np.where(g >= 0, g - 1, -1))
                     stats.resets += int(rr.sum())
             last = store.last_step[s]
-            g = given[rows]
+            g = given if whole else given[rows]
             step = np.where(g >= 0, g, last + 1)
             delta = step - last
             if not (delta == 1).all():
@@ -290,12 +291,16 @@ class Engine:
                         store.restart(s[gap], step[gap] - 1)
                 status[rows[dup]] = _DUPLICATE
                 rows, s, step = rows[go], s[go], step[go]
+                whole = False
                 if len(rows) == 0:
                     continue
-            y, new_state = model.step(x_all[rows], store.state[s])
+            y, new_state = model.step(x_all if whole else x_all[rows], store.state[s])
             store.write(s, new_state, step)
-            y_all[rows] = y
-            out_step[rows] = step
+            if whole:
+                y_all, out_step = y, step
+            else:
+                y_all[rows] = y
+                out_step[rows] = step
             stats.waves.append(len(rows))
             if row_end is not None:
                 ending[s] = False  # a stream that goes on after an end in this poll is a new stream

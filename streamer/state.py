@@ -21,6 +21,7 @@ import base64
 import json
 import math
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Sequence
 
 import numpy as np
@@ -151,7 +152,7 @@ class StateStore:
         Returns (slots (E,) int64, number of streams created, evicted stream ids).
         """
         get = self._index.get
-        slots = np.array([get(s, -1) for s in stream_ids], dtype=np.int64)
+        slots = np.fromiter(map(get, stream_ids, repeat(-1)), np.int64, count=len(stream_ids))
         self._tick += 1
         evicted: list[str] = []
         n_room = 0
@@ -314,3 +315,33 @@ class StateStore:
         self.state[slot] = record.state
         self.last_step[slot] = record.last_step
         self._dirty[slot] = False  # equal to its checkpoint
+
+    def restore_many(self, records: Sequence[StreamRecord]) -> None:
+        """`restore` for many records at once (a changelog partition): the same checks, one `acquire`.
+
+        Refuses (StateMismatch) the whole batch before changing anything if one record is of another
+        model version or state size, holds invalid values, or there is no room for all of them.
+        A stream id given twice keeps its last record.
+        """
+        if not records:
+            return
+        latest = {r.stream_id: r for r in records}
+        records = list(latest.values())
+        for r in records:
+            if r.model_version != self.model_version or r.state_size != self.state_size:
+                self.restore(r)  # raises the same StateMismatch as a single restore
+        states = np.stack([r.state for r in records])
+        steps = np.array([r.last_step for r in records], np.int64)
+        seen = np.array([r.last_seen for r in records], np.float64)
+        bad = ~np.isfinite(states).all(axis=1) | ~np.isfinite(seen) | (steps < -1)
+        if bad.any():
+            raise StateMismatch(f"state record of stream {records[int(np.flatnonzero(bad)[0])].stream_id!r} "
+                                "holds invalid values")
+        ids = list(latest)
+        slots, _, _ = self.acquire(ids, 0.0, np.array([r.partition for r in records], np.int64))
+        if slots.min() < 0:
+            raise StateMismatch(f"no room to restore {int((slots < 0).sum())} of {len(ids)} streams (--max-streams)")
+        self.state[slots] = states
+        self.last_step[slots] = steps
+        self.last_seen[slots] = seen
+        self._dirty[slots] = False  # equal to their checkpoint
