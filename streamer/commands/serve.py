@@ -1,0 +1,243 @@
+"""`streamer serve`: run the streaming engine in a Kafka consumer group, with durable per-stream state.
+
+Every flag can also be set as an environment variable STREAMER_<FLAG_NAME> (upper case, - as _),
+e.g. STREAMER_BOOTSTRAP_SERVERS, STREAMER_EXACTLY_ONCE=1, STREAMER_SASL_PASSWORD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from streamer.commands._options import add_engine_options, add_metrics_options
+
+PROG = "streamer serve"
+DEFAULT_METRICS_PORT = 8000
+
+
+class _BadValue(argparse.ArgumentTypeError, ValueError):
+    pass
+
+
+def _int_at_least(low: int):
+    def cast(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise _BadValue(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise _BadValue(f"expected a number >= {low}, got {value}")
+        return value
+    return cast
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise _BadValue(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise _BadValue(f"expected a finite number of seconds > 0, got {text}")
+    return value
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise _BadValue(f"expected 1/0, true/false, yes/no or on/off, got {text!r}")
+
+
+def register(subparsers) -> None:
+    from streamer.cli import env_default
+    from streamer.kafka.config import COMPRESSION_TYPES, add_connection_options, add_topic_options
+    from streamer.kafka.restore import MODEL_CHANGE_POLICIES
+
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model from Kafka: events in, per-step predictions out, state checkpointed",
+        description="Consume events (keyed by stream_id) from --input-topic in consumer group --group-id, run "
+                    "the streaming engine, produce one prediction record per event to --output-topic (keyed by "
+                    "stream_id) and dead letters to --dlq-topic. Per-stream state is checkpointed to a compacted "
+                    "changelog topic and restored on assignment, so crashes and rebalances lose nothing. "
+                    "At-least-once by default (replayed steps are deduplicated by step); --exactly-once puts "
+                    "predictions, changelog and offsets in one Kafka transaction. SIGTERM/SIGINT: finish the "
+                    "batch, checkpoint, commit, leave the group, exit 0. Every flag is also an environment "
+                    "variable STREAMER_<FLAG> (e.g. STREAMER_BOOTSTRAP_SERVERS).",
+    )
+    model = env_default("model", None)
+    p.add_argument("--model", metavar="PATH", default=model, required=model is None,
+                   help="a converted step-model directory (no TensorFlow needed), a `streamer train` directory or "
+                        "a .keras file [STREAMER_MODEL]")
+    add_connection_options(p)
+    add_topic_options(p)
+
+    g = p.add_argument_group("topic creation")
+    g.add_argument("--create-topics", action="store_true", default=env_default("create_topics", False, _flag),
+                   help="create missing topics at start-up (the changelog compacted, with the input topic's "
+                        "partition count) [STREAMER_CREATE_TOPICS=1]")
+    g.add_argument("--partitions", type=_int_at_least(1), metavar="N",
+                   default=env_default("partitions", None, _int_at_least(1)),
+                   help="partitions of topics created by --create-topics (default: the input topic's, or 1) "
+                        "[STREAMER_PARTITIONS]")
+    g.add_argument("--replication-factor", type=_int_at_least(-1), metavar="N",
+                   default=env_default("replication_factor", -1, _int_at_least(-1)),
+                   help="replication factor of created topics (default -1: the broker's default) "
+                        "[STREAMER_REPLICATION_FACTOR]")
+
+    g = p.add_argument_group("delivery and state")
+    g.add_argument("--exactly-once", action="store_true", default=env_default("exactly_once", False, _flag),
+                   help="predictions, dead letters, changelog records and input offsets in one transaction per "
+                        "checkpoint; read them with isolation.level=read_committed [STREAMER_EXACTLY_ONCE=1]")
+    g.add_argument("--transactional-id", metavar="ID", default=env_default("transactional_id", None),
+                   help="--exactly-once: this instance's transactional.id, stable across its restarts and unique "
+                        "per instance; default streamer-<group>-<input>-<hostname> [STREAMER_TRANSACTIONAL_ID]")
+    g.add_argument("--transaction-timeout-ms", type=_int_at_least(1000), metavar="MS",
+                   default=env_default("transaction_timeout_ms", 10000, _int_at_least(1000)),
+                   help="--exactly-once: the broker aborts a transaction left open this long by a dead instance "
+                        "(default 10000) [STREAMER_TRANSACTION_TIMEOUT_MS]")
+    g.add_argument("--checkpoint-interval", type=_seconds, metavar="SECONDS",
+                   default=env_default("checkpoint_interval", 1.0, _seconds),
+                   help="seconds between checkpoints (changelog + offsets, or a transaction commit: under "
+                        "--exactly-once also how long predictions wait to become visible); default 1 "
+                        "[STREAMER_CHECKPOINT_INTERVAL]")
+    g.add_argument("--checkpoint-timeout", type=_seconds, metavar="SECONDS",
+                   default=env_default("checkpoint_timeout", 30.0, _seconds),
+                   help="longest wait for the broker to acknowledge a checkpoint before rewinding to the "
+                        "previous one (default 30) [STREAMER_CHECKPOINT_TIMEOUT]")
+    g.add_argument("--on-model-change", choices=MODEL_CHANGE_POLICIES,
+                   default=env_default("on_model_change", "reset"),
+                   help="checkpointed state made by another model version: reset (default: start those streams "
+                        "from the initial state, keep their step counters) or refuse (exit 2) "
+                        "[STREAMER_ON_MODEL_CHANGE]")
+
+    g = p.add_argument_group("consumer and producer tuning")
+    g.add_argument("--poll-max-records", type=_int_at_least(1), metavar="N",
+                   default=env_default("poll_max_records", 1000, _int_at_least(1)),
+                   help="most events per poll (one engine batch); default 1000 [STREAMER_POLL_MAX_RECORDS]")
+    g.add_argument("--poll-timeout-ms", type=_int_at_least(1), metavar="MS",
+                   default=env_default("poll_timeout_ms", 100, _int_at_least(1)),
+                   help="longest wait in one poll (default 100) [STREAMER_POLL_TIMEOUT_MS]")
+    g.add_argument("--session-timeout-ms", type=_int_at_least(1), metavar="MS",
+                   default=env_default("session_timeout_ms", 45000, _int_at_least(1)),
+                   help="group session timeout: how soon a dead instance's partitions move (default 45000; "
+                        "the broker allows 6000 and up by default) [STREAMER_SESSION_TIMEOUT_MS]")
+    g.add_argument("--heartbeat-interval-ms", type=_int_at_least(1), metavar="MS",
+                   default=env_default("heartbeat_interval_ms", 3000, _int_at_least(1)),
+                   help="default 3000 [STREAMER_HEARTBEAT_INTERVAL_MS]")
+    g.add_argument("--max-poll-interval-ms", type=_int_at_least(1), metavar="MS",
+                   default=env_default("max_poll_interval_ms", 300000, _int_at_least(1)),
+                   help="longest batch + restore before the group drops this instance (default 300000) "
+                        "[STREAMER_MAX_POLL_INTERVAL_MS]")
+    g.add_argument("--auto-offset-reset", choices=("earliest", "latest"),
+                   default=env_default("auto_offset_reset", "earliest"),
+                   help="where a partition without a committed offset starts (default earliest) "
+                        "[STREAMER_AUTO_OFFSET_RESET]")
+    g.add_argument("--linger-ms", type=_int_at_least(0), metavar="MS",
+                   default=env_default("linger_ms", 5, _int_at_least(0)),
+                   help="producer batching delay (default 5) [STREAMER_LINGER_MS]")
+    g.add_argument("--compression", choices=COMPRESSION_TYPES, default=env_default("compression", "none"),
+                   help="producer compression (default none; lz4/zstd/snappy need their Python packages) "
+                        "[STREAMER_COMPRESSION]")
+    g.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   default=env_default("log_level", "INFO"), help="default INFO [STREAMER_LOG_LEVEL]")
+    add_engine_options(p)
+    add_metrics_options(p, default_port=DEFAULT_METRICS_PORT)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from models.serving import load_step_model
+    from streamer.commands._options import engine_config, start_metrics_server
+    from streamer.engine import Engine
+    from streamer.errors import UserError
+    from streamer.kafka import topics as topic_admin
+    from streamer.kafka.config import (ClientTuning, connection_from_args, default_transactional_id,
+                                       topics_from_args)
+    from streamer.kafka.metrics import KafkaMetrics
+    from streamer.kafka.service import FATAL_ERRORS, KafkaClients, KafkaService, ServeSettings, retrying
+    from streamer.metrics import Metrics
+
+    _setup_logging(args.log_level)
+    log = logging.getLogger("streamer.serve")
+    conn = connection_from_args(args)
+    topics = topics_from_args(args)
+    if args.transactional_id is not None and not args.exactly_once:
+        raise UserError("--transactional-id only applies with --exactly-once")
+    tuning = ClientTuning(
+        group_id=args.group_id, max_poll_records=args.poll_max_records, session_timeout_ms=args.session_timeout_ms,
+        heartbeat_interval_ms=args.heartbeat_interval_ms, max_poll_interval_ms=args.max_poll_interval_ms,
+        auto_offset_reset=args.auto_offset_reset, linger_ms=args.linger_ms, compression=args.compression,
+        exactly_once=args.exactly_once,
+        transactional_id=args.transactional_id or default_transactional_id(args.group_id, topics.input),
+        transaction_timeout_ms=args.transaction_timeout_ms)
+    settings = ServeSettings(
+        topics=topics, exactly_once=args.exactly_once, checkpoint_interval_s=args.checkpoint_interval,
+        checkpoint_timeout_s=args.checkpoint_timeout, poll_timeout_ms=args.poll_timeout_ms,
+        max_poll_records=args.poll_max_records, on_model_change=args.on_model_change)
+
+    model = load_step_model(args.model)
+    metrics = Metrics(CollectorRegistry())
+    kafka_metrics = KafkaMetrics(metrics.registry)
+    engine = Engine(model, engine_config(args), metrics)
+    server = None
+    if args.metrics_port is not None:
+        server = start_metrics_server(metrics.registry, args.metrics_host, args.metrics_port, PROG)
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    log.info("model %s (%d features -> %d outputs, state %d floats); topics %s -> %s, dead letters %s, "
+             "changelog %s", model.version, model.feature_size, model.output_size, model.state_size,
+             topics.input, topics.output, topics.dlq, topics.changelog)
+    clients = KafkaClients(conn, tuning)
+    try:
+        admin = retrying(clients.admin, stop, kafka_metrics, "connecting to Kafka")
+        if admin is None:
+            return 0
+        try:
+            counts = retrying(lambda: topic_admin.ensure(admin, topics, create=args.create_topics,
+                                                         partitions=args.partitions,
+                                                         replication_factor=args.replication_factor),
+                              stop, kafka_metrics, "checking the topics")
+        finally:
+            admin.close()
+        if counts is None:
+            return 0
+        log.info("topics ok: %s", ", ".join(f"{name} ({n} partitions)" for name, n in counts.items()))
+        service = KafkaService(engine, settings, clients, kafka_metrics,
+                               ready=server.ready if server is not None else None)
+        service.run(stop)
+    except FATAL_ERRORS as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"Kafka refused: {type(exc).__name__}: {exc}; check the security settings, ACLs "
+                        "and broker version") from None
+    finally:
+        if server is not None:
+            server.close()
+    return 0
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    def handle(signum, frame):
+        if stop.is_set():  # a second signal: stop now
+            raise KeyboardInterrupt
+        logging.getLogger("streamer.serve").info("%s: finishing the batch, checkpointing, leaving the group",
+                                                 signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kafka-python is chatty about every reconnect; its errors still show
+    logging.getLogger("kafka").setLevel(logging.INFO if level == "DEBUG" else logging.ERROR)

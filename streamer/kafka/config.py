@@ -1,0 +1,227 @@
+"""kafka-python client settings from flags and STREAMER_* environment variables.
+
+`add_connection_options(parser)` adds the connection and security flags shared by `serve` and `topics`
+(and any other command that talks to the broker); `connection_from_args(args)` checks them and returns
+a `Connection`, whose `client_kwargs()` are the kafka-python keyword arguments every client gets.
+`ClientTuning` holds the serve loop's consumer/producer knobs and builds the three clients' kwargs.
+
+Secrets (the SASL password, the TLS key password) can come from the environment
+(STREAMER_SASL_PASSWORD, STREAMER_SSL_KEY_PASSWORD) so they need not appear on a command line;
+they are never part of a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from streamer.errors import UserError
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the brokers are and how to authenticate to them."""
+
+    bootstrap_servers: str
+    security_protocol: str = "PLAINTEXT"
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_key_password: str | None = field(default=None, repr=False)
+    ssl_check_hostname: bool = True
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    client_id: str = field(default_factory=lambda: f"streamer-{socket.gethostname()}")
+
+    def validate(self) -> "Connection":
+        """Raise UserError (one line: what, expected, how to fix) for an unusable combination."""
+        servers = [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+        if not servers:
+            raise UserError("--bootstrap-servers is empty; expected HOST:PORT[,HOST:PORT...] "
+                            "(or set STREAMER_BOOTSTRAP_SERVERS)")
+        for s in servers:
+            host, sep, port = s.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise UserError(f"--bootstrap-servers entry {s!r} is not HOST:PORT; "
+                                "expected e.g. 127.0.0.1:9092 or kafka-1:9092,kafka-2:9092")
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise UserError(f"--security-protocol {self.security_protocol!r} is unknown; expected one of "
+                            f"{', '.join(SECURITY_PROTOCOLS)}")
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol.endswith("SSL")
+        if sasl:
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                raise UserError(f"--security-protocol {self.security_protocol} needs --sasl-mechanism, one of "
+                                f"{', '.join(SASL_MECHANISMS)} (got {self.sasl_mechanism!r})")
+            if not self.sasl_username or self.sasl_password is None:
+                raise UserError(f"SASL {self.sasl_mechanism} needs --sasl-username and a password "
+                                "(STREAMER_SASL_PASSWORD, or --sasl-password)")
+        elif self.sasl_mechanism or self.sasl_username or self.sasl_password:
+            raise UserError(f"SASL settings were given but --security-protocol is {self.security_protocol}; "
+                            "use SASL_SSL (or SASL_PLAINTEXT on a trusted network)")
+        tls_files = {"--ssl-cafile": self.ssl_cafile, "--ssl-certfile": self.ssl_certfile,
+                     "--ssl-keyfile": self.ssl_keyfile}
+        if not tls and any(tls_files.values()):
+            raise UserError(f"TLS files were given but --security-protocol is {self.security_protocol}; "
+                            "use SSL or SASL_SSL")
+        for flag, path in tls_files.items():
+            if path is not None and not os.access(path, os.R_OK):
+                raise UserError(f"{flag} {path}: no such readable file")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise UserError("a TLS client certificate needs both --ssl-certfile and --ssl-keyfile")
+        return self
+
+    def client_kwargs(self) -> dict:
+        """The kafka-python keyword arguments shared by consumers, producers and the admin client."""
+        kw: dict = {"bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
+                    "client_id": self.client_id, "security_protocol": self.security_protocol}
+        if self.security_protocol.endswith("SSL"):
+            kw.update(ssl_cafile=self.ssl_cafile, ssl_certfile=self.ssl_certfile, ssl_keyfile=self.ssl_keyfile,
+                      ssl_password=self.ssl_key_password, ssl_check_hostname=self.ssl_check_hostname)
+        if self.security_protocol.startswith("SASL_"):
+            kw.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                      sasl_plain_password=self.sasl_password)
+        return kw
+
+
+@dataclass(frozen=True)
+class ClientTuning:
+    """Consumer/producer knobs of the serve loop (see `streamer serve --help`)."""
+
+    group_id: str = "streamer"
+    max_poll_records: int = 1000
+    session_timeout_ms: int = 45000
+    heartbeat_interval_ms: int = 3000
+    max_poll_interval_ms: int = 300000
+    auto_offset_reset: str = "earliest"
+    linger_ms: int = 5
+    batch_bytes: int = 256 * 1024
+    compression: str = "none"
+    exactly_once: bool = False
+    transactional_id: str | None = None
+    transaction_timeout_ms: int = 10000
+    request_timeout_ms: int = 30000
+
+    def consumer_kwargs(self, conn: Connection) -> dict:
+        """The group consumer of the input topic: manual commits, read_committed under exactly-once."""
+        return {**conn.client_kwargs(), "group_id": self.group_id, "enable_auto_commit": False,
+                "auto_offset_reset": self.auto_offset_reset, "max_poll_records": self.max_poll_records,
+                "session_timeout_ms": self.session_timeout_ms, "heartbeat_interval_ms": self.heartbeat_interval_ms,
+                "max_poll_interval_ms": self.max_poll_interval_ms, "request_timeout_ms": self.request_timeout_ms,
+                "isolation_level": "read_committed" if self.exactly_once else "read_uncommitted",
+                "max_partition_fetch_bytes": 4 << 20, "allow_auto_create_topics": False}
+
+    def reader_kwargs(self, conn: Connection) -> dict:
+        """The changelog reader: no group, manual assignment, read_committed, big fetches."""
+        return {**conn.client_kwargs(), "client_id": conn.client_id + "-restore", "group_id": None,
+                "enable_auto_commit": False, "isolation_level": "read_committed", "max_poll_records": 20000,
+                "max_partition_fetch_bytes": 16 << 20, "fetch_max_bytes": 64 << 20,
+                "request_timeout_ms": self.request_timeout_ms, "allow_auto_create_topics": False}
+
+    def producer_kwargs(self, conn: Connection) -> dict:
+        """Idempotent producer (acks=all) for predictions, dead letters and changelog records;
+        transactional under exactly-once."""
+        kw = {**conn.client_kwargs(), "acks": "all", "enable_idempotence": True, "linger_ms": self.linger_ms,
+              "batch_size": self.batch_bytes, "request_timeout_ms": self.request_timeout_ms,
+              "compression_type": None if self.compression == "none" else self.compression,
+              "max_request_size": 8 << 20, "allow_auto_create_topics": False}
+        if self.exactly_once:
+            kw.update(transactional_id=self.transactional_id, transaction_timeout_ms=self.transaction_timeout_ms)
+        return kw
+
+    def admin_kwargs(self, conn: Connection) -> dict:
+        return {**conn.client_kwargs(), "client_id": conn.client_id + "-admin",
+                "request_timeout_ms": self.request_timeout_ms}
+
+
+def default_transactional_id(group_id: str, input_topic: str) -> str:
+    """Stable per instance when the host name is (a StatefulSet pod, a fixed container name)."""
+    return f"streamer-{group_id}-{input_topic}-{socket.gethostname()}"
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def add_connection_options(p) -> None:
+    """--bootstrap-servers and the TLS/SASL flags (each also settable as STREAMER_<NAME>)."""
+    from streamer.cli import env_default
+
+    g = p.add_argument_group("Kafka connection and security")
+    servers = env_default("bootstrap_servers", None)
+    g.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]", default=servers, required=servers is None,
+                   help="Kafka brokers to bootstrap from [STREAMER_BOOTSTRAP_SERVERS]")
+    g.add_argument("--security-protocol", choices=SECURITY_PROTOCOLS,
+                   default=env_default("security_protocol", "PLAINTEXT"),
+                   help="PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL [STREAMER_SECURITY_PROTOCOL]")
+    g.add_argument("--ssl-cafile", metavar="PEM", default=env_default("ssl_cafile", None),
+                   help="CA bundle to verify the brokers' certificates (default: the system's) [STREAMER_SSL_CAFILE]")
+    g.add_argument("--ssl-certfile", metavar="PEM", default=env_default("ssl_certfile", None),
+                   help="client certificate for mutual TLS [STREAMER_SSL_CERTFILE]")
+    g.add_argument("--ssl-keyfile", metavar="PEM", default=env_default("ssl_keyfile", None),
+                   help="client private key for mutual TLS [STREAMER_SSL_KEYFILE]")
+    g.add_argument("--ssl-key-password", metavar="SECRET", default=env_default("ssl_key_password", None),
+                   help="password of --ssl-keyfile; prefer the environment variable [STREAMER_SSL_KEY_PASSWORD]")
+    g.add_argument("--ssl-no-check-hostname", action="store_true",
+                   default=env_default("ssl_no_check_hostname", False, _flag),
+                   help="do not check that the broker certificate names the host (testing only) "
+                        "[STREAMER_SSL_NO_CHECK_HOSTNAME=1]")
+    g.add_argument("--sasl-mechanism", choices=SASL_MECHANISMS, default=env_default("sasl_mechanism", None),
+                   help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 [STREAMER_SASL_MECHANISM]")
+    g.add_argument("--sasl-username", metavar="USER", default=env_default("sasl_username", None),
+                   help="SASL user name [STREAMER_SASL_USERNAME]")
+    g.add_argument("--sasl-password", metavar="SECRET", default=env_default("sasl_password", None),
+                   help="SASL password; prefer the environment variable [STREAMER_SASL_PASSWORD]")
+
+
+def connection_from_args(args) -> Connection:
+    return Connection(
+        bootstrap_servers=args.bootstrap_servers or "",
+        security_protocol=args.security_protocol,
+        ssl_cafile=args.ssl_cafile,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        ssl_key_password=args.ssl_key_password,
+        ssl_check_hostname=not args.ssl_no_check_hostname,
+        sasl_mechanism=args.sasl_mechanism,
+        sasl_username=args.sasl_username,
+        sasl_password=args.sasl_password,
+    ).validate()
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1/0, true/false, yes/no or on/off, got {text!r}")
+
+
+def add_topic_options(p) -> None:
+    """--group-id and the four topic names (each also settable as STREAMER_<NAME>)."""
+    from streamer.cli import env_default
+
+    g = p.add_argument_group("topics and group")
+    g.add_argument("--input-topic", metavar="TOPIC", default=env_default("input_topic", "events"),
+                   help="events, keyed by stream_id (default events) [STREAMER_INPUT_TOPIC]")
+    g.add_argument("--output-topic", metavar="TOPIC", default=env_default("output_topic", "predictions"),
+                   help="predictions, keyed by stream_id (default predictions) [STREAMER_OUTPUT_TOPIC]")
+    g.add_argument("--dlq-topic", metavar="TOPIC", default=env_default("dlq_topic", "events.dlq"),
+                   help="dead letters with their source partition/offset (default events.dlq) [STREAMER_DLQ_TOPIC]")
+    g.add_argument("--group-id", metavar="GROUP", default=env_default("group_id", "streamer"),
+                   help="consumer group (default streamer) [STREAMER_GROUP_ID]")
+    g.add_argument("--changelog-topic", metavar="TOPIC", default=env_default("changelog_topic", None),
+                   help="compacted per-stream state; default <group-id>-<input-topic>-changelog "
+                        "[STREAMER_CHANGELOG_TOPIC]")
+
+
+def topics_from_args(args):
+    from streamer.kafka.topics import Topics
+
+    return Topics.named(args.group_id, args.input_topic, args.output_topic, args.dlq_topic, args.changelog_topic)

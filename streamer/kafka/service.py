@@ -1,0 +1,530 @@
+"""The serve loop: a consumer group member that runs the engine on its partitions' events.
+
+Main thread, each round::
+
+    recover if an error asked for it -> restore newly assigned partitions -> consumer.poll
+    -> engine.process -> send predictions and dead letters -> checkpoint every --checkpoint-interval
+
+Rebalances (kafka-python runs the listener on its IO thread while the main thread waits inside
+``consumer.poll``; a lock keeps the two apart anyway). The callbacks stay short:
+
+- revoked: checkpoint now (`Checkpoint`), so the next owner restores exactly what was processed;
+  the offsets are committed with ``commit_async`` awaited on the IO loop (an async listener), since a
+  blocking consumer call is not allowed there. Their streams stay in memory until the assignment
+  arrives: the default assignors are eager (every rebalance revokes everything), and a partition
+  that comes straight back keeps its state and position without a restore;
+- assigned: partitions that are new here are paused and queued; the main thread restores them from
+  the changelog (read to its end) and only then resumes them, so no event of theirs is processed
+  before its stream's state is back; partitions not assigned again are dropped;
+- lost (forced out of the group): their state is dropped without writing anything (another member
+  may own them already); under exactly-once the open transaction is aborted.
+
+Errors: a Kafka error in the loop (broker down, delivery failure, flush timeout) is counted, waited
+out with exponential backoff, and followed by a rewind to the last checkpoint: a new producer (records
+in flight dropped, open transaction aborted), every owned partition's state reloaded from the
+changelog and its input re-read from the committed offset. Nothing acknowledged is lost; replayed
+steps are duplicates by step and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.errors import (AuthorizationError, KafkaConfigurationError, KafkaError, SaslAuthenticationFailedError,
+                          UnsupportedVersionError)
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from streamer.errors import UserError
+from streamer.kafka.checkpoint import Checkpoint
+from streamer.kafka.restore import Restorer
+from streamer.kafka.topics import Topics
+from streamer.transports import Poll
+
+log = logging.getLogger("streamer.serve")
+
+# Errors that retrying cannot fix: stop with a clear message instead of looping.
+FATAL_ERRORS = (AuthorizationError, SaslAuthenticationFailedError, UnsupportedVersionError,
+                KafkaConfigurationError, UserError)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    topics: Topics
+    exactly_once: bool = False
+    checkpoint_interval_s: float = 1.0
+    checkpoint_timeout_s: float = 30.0
+    poll_timeout_ms: int = 100
+    max_poll_records: int = 1000
+    on_model_change: str = "reset"
+    restore_timeout_s: float = 300.0
+    commit_timeout_ms: int = 30000
+
+
+class KafkaClients:
+    """Makes the consumer, the producer and the changelog reader (again, after errors)."""
+
+    def __init__(self, connection, tuning):
+        self.connection = connection
+        self.tuning = tuning
+
+    def consumer(self):
+        from kafka import KafkaConsumer
+
+        return KafkaConsumer(**self.tuning.consumer_kwargs(self.connection))
+
+    def producer(self):
+        from kafka import KafkaProducer
+
+        producer = KafkaProducer(**self.tuning.producer_kwargs(self.connection))
+        if self.tuning.exactly_once:
+            try:
+                producer.init_transactions()  # fences an older producer with our id, aborts its open transaction
+            except BaseException:
+                producer.close(timeout=0)
+                raise
+        return producer
+
+    def reader(self):
+        from kafka import KafkaConsumer
+
+        return KafkaConsumer(**self.tuning.reader_kwargs(self.connection))
+
+    def admin(self):
+        from kafka import KafkaAdminClient
+
+        return KafkaAdminClient(**self.tuning.admin_kwargs(self.connection))
+
+
+class Backoff:
+    def __init__(self, first: float = 0.5, cap: float = 10.0):
+        self.first, self.cap = first, cap
+        self.delay = first
+
+    def next(self) -> float:
+        d = self.delay
+        self.delay = min(self.cap, self.delay * 2)
+        return d
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+def retrying(fn, stop: threading.Event, metrics, what: str, kind: str = "connect"):
+    """fn() until it succeeds or `stop` is set (then None); Kafka errors are counted, logged, backed off."""
+    backoff = Backoff()
+    while not stop.is_set():
+        try:
+            return fn()
+        except FATAL_ERRORS:
+            raise
+        except KafkaError as exc:
+            metrics.error(kind)
+            delay = backoff.next()
+            log.warning("%s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay)
+            stop.wait(delay)
+    return None
+
+
+class _Listener(AsyncConsumerRebalanceListener):
+    """Delegates to the service; async so the revoke can await the offset commit on the IO loop."""
+
+    def __init__(self, service: "KafkaService"):
+        self._service = service
+
+    async def on_partitions_revoked(self, revoked):
+        offsets = self._service.revoke_checkpoint(revoked)
+        if offsets is None:
+            return
+        ok = False
+        if offsets:
+            try:
+                await self._service.consumer.commit_async(offsets)
+                ok = True
+            except Exception as exc:  # noqa: BLE001 - any failure: the events are replayed and deduplicated
+                log.warning("offset commit on revocation failed (%s: %s)", type(exc).__name__, exc)
+                self._service.metrics.error("commit")
+        self._service.revoke_done(offsets, ok)
+
+    async def on_partitions_assigned(self, assigned):
+        self._service.assigned(assigned)
+
+    async def on_partitions_lost(self, lost):
+        self._service.lost(lost)
+
+
+class KafkaService:
+    """One group member: owns the clients, the engine's partitions and the checkpoints."""
+
+    def __init__(self, engine, settings: ServeSettings, clients: KafkaClients, metrics,
+                 ready: threading.Event | None = None):
+        self.engine = engine
+        self.settings = settings
+        self.clients = clients
+        self.metrics = metrics
+        self.ready = ready if ready is not None else threading.Event()
+        self.topic = settings.topics.input
+        self.consumer = None
+        self.checkpoint: Checkpoint | None = None
+        self.restorer: Restorer | None = None
+        self._lock = threading.RLock()
+        self._owned: set[int] = set()  # assigned to us
+        self._active: set[int] = set()  # assigned, state restored: processing
+        self._pending: set[int] = set()  # assigned, waiting for their restore (paused)
+        self._suspended: set[int] = set()  # revoked, kept until the assignment says whether they come back
+        self._positions: dict[int, int] = {}  # next offset to process, per active partition
+        self._committed: dict[int, int] = {}  # last committed offset we know of
+        self._needs_recovery = False
+        self._last_lag = 0.0
+        self.totals = {"polls": 0, "messages": 0, "records": 0, "dead_letters": 0, "checkpoints": 0,
+                       "recoveries": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set: then checkpoint, commit, leave the group and close."""
+        if not self._connect(stop):
+            return
+        s = self.settings
+        backoff = Backoff()
+        last_checkpoint = time.monotonic()
+        try:
+            while not stop.is_set():
+                try:
+                    if self._needs_recovery:
+                        self._recover()
+                    if self._pending:
+                        self._restore_pending()
+                    records = self.consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.max_poll_records)
+                    received = time.perf_counter()
+                    if records:
+                        with self._lock:
+                            self._process(records, received)
+                    now = time.monotonic()
+                    if now - last_checkpoint >= s.checkpoint_interval_s:
+                        last_checkpoint = now
+                        with self._lock:
+                            self._checkpoint()
+                    if now - self._last_lag >= 1.0:
+                        self._last_lag = now
+                        self._update_lag()
+                    backoff.reset()
+                except FATAL_ERRORS:
+                    raise
+                except KafkaError as exc:
+                    self.metrics.error(_error_kind(exc))
+                    self._needs_recovery = True
+                    delay = backoff.next()
+                    log.warning("Kafka error (%s: %s); rewinding to the last checkpoint in %.1fs",
+                                type(exc).__name__, exc, delay)
+                    stop.wait(delay)
+        finally:
+            self._shutdown()
+
+    def _connect(self, stop: threading.Event) -> bool:
+        def make():
+            if self.consumer is None:
+                self.consumer = self.clients.consumer()
+            if self.checkpoint is None:
+                self.checkpoint = Checkpoint(self.clients.producer(), self.settings.topics.changelog,
+                                             exactly_once=self.settings.exactly_once, metrics=self.metrics,
+                                             flush_timeout_s=self.settings.checkpoint_timeout_s)
+            if self.restorer is None:
+                self.restorer = Restorer(self.clients.reader(), self.settings.topics.changelog,
+                                         on_model_change=self.settings.on_model_change, metrics=self.metrics,
+                                         timeout_s=self.settings.restore_timeout_s)
+            return True
+
+        if not retrying(make, stop, self.metrics, "connecting to Kafka"):
+            self._close_clients()
+            return False
+        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        log.info("joining group %s on %s (exactly-once: %s)", self.clients.tuning.group_id, self.topic,
+                 "on" if self.settings.exactly_once else "off")
+        return True
+
+    def _shutdown(self) -> None:
+        if self.consumer is None:
+            self._close_clients()
+            return
+        with self._lock:
+            if not self._needs_recovery and self._active:
+                try:
+                    self._checkpoint()
+                except KafkaError as exc:
+                    log.warning("final checkpoint failed (%s: %s); the events since the last one will be "
+                                "replayed by the next owner", type(exc).__name__, exc)
+        try:
+            self.consumer.close()  # the revoke callback checkpoints (nothing left) and we leave the group
+        except KafkaError as exc:
+            log.warning("closing the consumer: %s: %s", type(exc).__name__, exc)
+        self.consumer = None
+        self._close_clients()
+        log.info("stopped: %s", ", ".join(f"{k} {v}" for k, v in self.totals.items()))
+
+    def _close_clients(self) -> None:
+        for client, kw in ((self.consumer, {}), (self.checkpoint and self.checkpoint.producer, {"timeout": 10}),
+                           (self.restorer and self.restorer.reader, {})):
+            if client is not None:
+                try:
+                    client.close(**kw)
+                except Exception as exc:  # noqa: BLE001 - closing is best effort
+                    log.debug("close: %s", exc)
+
+    # ------------------------------------------------------------------ the hot path
+
+    def _process(self, records: dict, received: float) -> None:
+        messages: list = []
+        partitions: list[int] = []
+        offsets: list[int] = []
+        for tp, recs in records.items():
+            p = tp.partition
+            if p not in self._active:  # not restored yet (or no longer ours): fetch these again later
+                if p in self._pending:
+                    self.consumer.seek(tp, recs[0].offset)
+                continue
+            messages.extend([r.value if r.value is not None else b"" for r in recs])
+            partitions.extend([p] * len(recs))
+            offsets.extend([r.offset for r in recs])
+            self._positions[p] = recs[-1].offset + 1
+        if not messages:
+            return
+        topic = self.topic
+        poll = Poll(messages=messages, partitions=np.array(partitions, np.int64), received=received,
+                    source=lambda i: {"topic": topic, "partition": partitions[i], "offset": offsets[i]})
+        result = self.engine.process(poll)
+        out = result.outputs
+        cp = self.checkpoint
+        if len(out):
+            lines = out.json_lines()
+            cp.send_many(self.settings.topics.output, [s.encode() for s in out.stream_ids],
+                         [line.encode() for line in lines])
+            self.metrics.produced.labels("prediction").inc(len(lines))
+        if result.dead_letters:
+            keys = {(r.partition, r.offset): r.key for recs in records.values() for r in recs}
+            for dl in result.dead_letters:
+                src = dl["source"]
+                cp.send(self.settings.topics.dlq, keys.get((src["partition"], src["offset"])),
+                        json.dumps(dl).encode())
+            self.metrics.produced.labels("dead_letter").inc(len(result.dead_letters))
+        t = self.totals
+        t["polls"] += 1
+        t["messages"] += len(messages)
+        t["records"] += len(out)
+        t["dead_letters"] += len(result.dead_letters)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _offsets(self) -> dict:
+        return {TopicPartition(self.topic, p): OffsetAndMetadata(pos, "", -1)
+                for p, pos in self._positions.items()
+                if p in self._active and pos != self._committed.get(p)}
+
+    def _checkpoint(self) -> None:
+        cp = self.checkpoint
+        offsets = self._offsets()
+        work = bool(offsets) or cp.pending_work()
+        t0 = time.perf_counter()
+        try:
+            if self.settings.exactly_once:
+                cp.commit_transaction(self.engine.store, offsets, self.consumer.group_metadata())
+                ok = True
+            else:
+                ok = cp.commit(self.engine.store, offsets,
+                               lambda o: self.consumer.commit(o, timeout_ms=self.settings.commit_timeout_ms))
+        except KafkaError:
+            self.metrics.checkpoints.labels("failed").inc()
+            raise
+        if ok:
+            self._committed.update({tp.partition: om.offset for tp, om in offsets.items()})
+        if work:
+            self.metrics.checkpoints.labels("ok").inc()
+            self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
+            self.totals["checkpoints"] += 1
+
+    # ------------------------------------------------------------------ rebalance callbacks (IO thread)
+
+    def revoke_checkpoint(self, revoked) -> dict | None:
+        """Checkpoint before giving partitions up. Returns the offsets still to commit (at-least-once),
+        or None when there is nothing more to do."""
+        with self._lock:
+            self.metrics.rebalances.labels("revoked").inc()
+            parts = {tp.partition for tp in revoked if tp.topic == self.topic}
+            log.info("partitions %s revoked", sorted(parts))
+            self._suspended |= parts & self._active
+            if self._needs_recovery or not self._active:
+                return None
+            offsets = self._offsets()
+            try:
+                t0 = time.perf_counter()
+                if self.settings.exactly_once:
+                    self.checkpoint.commit_transaction(self.engine.store, offsets, self.consumer.group_metadata())
+                    self._committed.update({tp.partition: om.offset for tp, om in offsets.items()})
+                    self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
+                    self.metrics.checkpoints.labels("ok").inc()
+                    return None
+                self.checkpoint.write(self.engine.store)
+                self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
+                self.metrics.checkpoints.labels("ok").inc()
+                return offsets
+            except Exception as exc:  # noqa: BLE001 - never raise into kafka-python's loop
+                self.metrics.checkpoints.labels("failed").inc()
+                self.metrics.error("listener")
+                log.warning("checkpoint on revocation failed (%s: %s); dropping the state of the revoked "
+                            "partitions, the next owner replays from the last checkpoint", type(exc).__name__, exc)
+                self._drop(self._suspended)
+                self._suspended.clear()
+                self._abandon_producer()
+                return None
+
+    def revoke_done(self, offsets: dict, committed: bool) -> None:
+        with self._lock:
+            if committed:
+                self._committed.update({tp.partition: om.offset for tp, om in offsets.items()})
+                self.checkpoint.offsets_committed()
+            try:
+                self.checkpoint.write_tombstones()
+            except Exception as exc:  # noqa: BLE001
+                self.metrics.error("listener")
+                log.warning("writing tombstones on revocation failed (%s: %s)", type(exc).__name__, exc)
+                self._abandon_producer()
+
+    def assigned(self, assigned) -> None:
+        with self._lock:
+            try:
+                self.metrics.rebalances.labels("assigned").inc()
+                new = {tp.partition for tp in assigned if tp.topic == self.topic}
+                kept = (self._suspended | self._active) & new
+                if self._needs_recovery:
+                    kept = set()
+                self._drop((self._suspended | self._active | self._pending) - kept)
+                self._suspended.clear()
+                fresh = new - kept
+                for p in kept & set(self._positions):
+                    self.consumer.seek(TopicPartition(self.topic, p), self._positions[p])
+                if fresh:
+                    self.consumer.pause(*[TopicPartition(self.topic, p) for p in fresh])
+                self._owned = new
+                self._active = kept
+                self._pending = fresh
+                self.metrics.assigned_partitions.set(len(new))
+                log.info("partitions %s assigned (%s kept in memory, %s to restore)", sorted(new), sorted(kept),
+                         sorted(fresh))
+                if not fresh:
+                    self.ready.set()
+            except Exception as exc:  # noqa: BLE001
+                self.metrics.error("listener")
+                log.warning("handling the assignment failed (%s: %s); rewinding", type(exc).__name__, exc)
+                self._needs_recovery = True
+
+    def lost(self, lost) -> None:
+        with self._lock:
+            self.metrics.rebalances.labels("lost").inc()
+            parts = {tp.partition for tp in lost if tp.topic == self.topic}
+            log.warning("partitions %s lost (forced out of the group): dropping their state unwritten", sorted(parts))
+            self._drop(parts | self._suspended)
+            self._suspended.clear()
+            self._owned -= parts
+            self.metrics.assigned_partitions.set(len(self._owned))
+            if self.settings.exactly_once:
+                try:
+                    self.checkpoint.abort()
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("aborting the transaction failed (%s: %s)", type(exc).__name__, exc)
+                    self._abandon_producer()
+
+    def _drop(self, partitions) -> None:
+        for p in sorted(partitions):
+            self.engine.drop_partition(p)
+            self._positions.pop(p, None)
+            self._committed.pop(p, None)
+        self.checkpoint.forget_partitions(partitions)
+        self._active -= set(partitions)
+        self._pending -= set(partitions)
+
+    def _abandon_producer(self) -> None:
+        """Drop the records in flight (none may land late) and ask the main loop for a new producer."""
+        try:
+            self.checkpoint.producer.close(timeout=0)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("closing the producer: %s", exc)
+        self.checkpoint.discard()
+        self._needs_recovery = True
+
+    # ------------------------------------------------------------------ restore and recovery (main thread)
+
+    def _restore_pending(self) -> None:
+        with self._lock:
+            parts = sorted(self._pending)
+            stats = self.restorer.restore(self.engine.store, parts)
+            self._active |= set(parts)
+            self._pending -= set(parts)
+            self.consumer.resume(*[TopicPartition(self.topic, p) for p in parts])
+            self.engine.metrics.active_streams.set(len(self.engine.store))
+        log.info("restored %d streams of partitions %s from %s in %.2fs (%d records, %d reset to the new model, "
+                 "%d unreadable)", stats.streams, parts, self.settings.topics.changelog, stats.seconds, stats.records,
+                 stats.reset, stats.invalid)
+        self.ready.set()
+
+    def _recover(self) -> None:
+        """Rewind to the last checkpoint (see the module docstring)."""
+        with self._lock:
+            self.metrics.recoveries.inc()
+            self.totals["recoveries"] += 1
+            cp = self.checkpoint
+            try:
+                cp.abort()
+            except Exception as exc:  # noqa: BLE001 - the new producer's init_transactions aborts it anyway
+                log.debug("abort: %s", exc)
+            try:
+                cp.producer.close(timeout=0)
+            except Exception as exc:  # noqa: BLE001
+                log.debug("closing the producer: %s", exc)
+            cp.discard()
+            cp.producer = self.clients.producer()
+            cp.write_tombstones()
+            owned = sorted(self._owned)
+            self._drop(set(owned) | self._suspended)
+            self._suspended.clear()
+            tps = [TopicPartition(self.topic, p) for p in owned]
+            for tp in tps:
+                committed = self.consumer.committed(tp)
+                if committed is None:
+                    self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, committed)
+            if tps:
+                self.consumer.pause(*tps)
+            self._pending = set(owned)
+            self._active = set()
+            self._needs_recovery = False
+        log.info("rewound to the last checkpoint: restoring partitions %s", owned)
+
+    def _update_lag(self) -> None:
+        lags = {}
+        for p in self._owned:
+            try:
+                hw = self.consumer.highwater(TopicPartition(self.topic, p))
+            except Exception:  # noqa: BLE001 - not assigned any more
+                continue
+            pos = self._positions.get(p, self._committed.get(p))
+            if hw is not None and pos is not None:
+                lags[p] = max(0, hw - pos)
+        self.metrics.set_lag(lags)
+
+
+def _error_kind(exc: BaseException) -> str:
+    from kafka.errors import KafkaTimeoutError
+
+    from streamer.kafka.checkpoint import DeliveryError
+
+    if isinstance(exc, DeliveryError):
+        return "produce"
+    if isinstance(exc, KafkaTimeoutError):
+        return "connect"
+    return "poll"
