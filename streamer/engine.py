@@ -92,16 +92,11 @@ class Outputs:
     def json_lines(self) -> list[str]:
         """The output records as JSON texts (no newline), built without intermediate dicts.
 
-        Non-finite predictions (a model overflowing on extreme inputs) are written as null.
+        Each float32 is written as the shortest text that reads back as the same float32 (numpy's
+        float-to-string, vectorised). Non-finite predictions (a model overflowing on extreme inputs)
+        are written as null.
         """
-        preds = self.predictions
-        if preds.size and not np.isfinite(preds.sum(dtype=np.float64)):
-            preds = preds.astype(object)
-            preds[~np.isfinite(self.predictions)] = None
-            fmt = _dumps_row
-        else:
-            fmt = _float_row
-        rows = preds.tolist()
+        rows = _row_texts(self.predictions)
         steps = self.steps.tolist()
         tail = ',"model":' + _quote(self.model_version)
         ts = self.ts
@@ -110,8 +105,8 @@ class Outputs:
         if not self.chunk.any():
             for r, sid in enumerate(self.stream_ids):
                 t = ts[r]
-                append('{"stream_id":%s,"step":%d,"prediction":%s%s%s}' % (
-                    _quote(sid), steps[r], fmt(rows[r]), tail, "" if t is None else ',"ts":' + repr(t)))
+                append('{"stream_id":%s,"step":%d,"prediction":[%s]%s%s}' % (
+                    _quote(sid), steps[r], rows[r], tail, "" if t is None else ',"ts":' + repr(t)))
             return out
         starts = self.start.tolist()
         lengths = self.length.tolist()
@@ -120,20 +115,27 @@ class Outputs:
             a = starts[r]
             t = ts[r]
             if chunk[r]:
-                body = '"predictions":[' + ", ".join(map(fmt, rows[a:a + lengths[r]])) + "]"
+                body = '"predictions":[[' + "], [".join(rows[a:a + lengths[r]]) + "]]"
             else:
-                body = '"prediction":' + fmt(rows[a])
+                body = '"prediction":[' + rows[a] + "]"
             append('{"stream_id":%s,"step":%d,%s%s%s}' % (
                 _quote(sid), steps[r], body, tail, "" if t is None else ',"ts":' + repr(t)))
         return out
 
 
-def _float_row(row: list) -> str:
-    return "[" + ", ".join(map(float.__repr__, row)) + "]"
-
-
-def _dumps_row(row: list) -> str:
-    return json.dumps(row)
+def _row_texts(preds: np.ndarray) -> list[str]:
+    """'v1, v2, ...' for every row of a float32 matrix."""
+    if preds.shape[0] == 0:
+        return []
+    text = preds.astype("U16")  # the longest float32 text, "-1.1754944e-38", has 14 characters
+    if preds.size and not np.isfinite(preds.sum(dtype=np.float64)):
+        text[~np.isfinite(preds)] = "null"
+    if preds.shape[1] == 0:
+        return [""] * preds.shape[0]
+    joined = text[:, 0]
+    for j in range(1, preds.shape[1]):
+        joined = np.char.add(np.char.add(joined, ", "), text[:, j])
+    return joined.tolist()
 
 
 @dataclass

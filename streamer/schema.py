@@ -24,8 +24,9 @@ Output, one record per input event that applied at least one step::
     {"stream_id": "s-17", "step": 42, "prediction": [0.93, 0.07], "model": "3f2a...", "ts": 1718000000000}
     {"stream_id": "s-17", "step": 43, "predictions": [[...], [...], [...]], "model": "3f2a..."}
 
-A chunk gives one record whose ``step`` is its first *applied* step. Float32 values are written
-exactly (as the shortest float64 text of the float32 value), so they round-trip bit for bit.
+A chunk gives one record whose ``step`` is its first *applied* step. Each float32 prediction is
+written as the shortest text that reads back as the same float32 (``0.1``, not ``0.10000000149011612``),
+so parsing it as float32 gives the served value bit for bit; a non-finite one is written as ``null``.
 """
 
 from __future__ import annotations
