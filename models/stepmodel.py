@@ -50,6 +50,11 @@ def compute_version(spec: dict, weights: dict[str, np.ndarray]) -> str:
 class StepModel:
     """A trained Keras RNN turned into a pure-numpy per-step function with explicit state."""
 
+    # Batches larger than this are stepped in blocks of rows (cache-sized working sets):
+    # about 1.5x more stream-steps/s at batch 4096 and up for the Q&A model. Any value gives the
+    # same results.
+    chunk_rows = 512
+
     def __init__(self, layers: list[dict], weights: dict[str, np.ndarray], feature_size: int,
                  mask_value: float | None = None, source: dict | None = None):
         """Build from layer configs (step_model.json "layers") and weights keyed "<i>.<name>".
@@ -145,11 +150,22 @@ class StepModel:
             raise DataError(f"step input has shape {x.shape}, expected (batch, {self.feature_size})")
         if state.shape != (x.shape[0], self.state_size):
             raise DataError(f"state has shape {state.shape}, expected ({x.shape[0]}, {self.state_size})")
-        # The ops work feature-major (see models.kernels): one transposition in, one out.
-        y, new_state = self._step_t(x.T, np.ascontiguousarray(state.T))
-        # (at batch 1 the transposes are views: copy y when it is a block of the new state)
-        y = np.array(y.T) if self._y_in_state else np.ascontiguousarray(y.T)
-        return y, np.ascontiguousarray(new_state.T)
+        b, chunk = x.shape[0], self.chunk_rows
+        if b <= chunk:
+            # The ops work feature-major (see models.kernels): one transposition in, one out.
+            y, new_state = self._step_t(x.T, np.ascontiguousarray(state.T))
+            # (at batch 1 the transposes are views: copy y when it is a block of the new state)
+            y = np.array(y.T) if self._y_in_state else np.ascontiguousarray(y.T)
+            return y, np.ascontiguousarray(new_state.T)
+        # Large batches go through in blocks of rows that keep each op's working set in cache.
+        y = np.empty((b, self.output_size), dtype=F32)
+        new_state = np.empty_like(state)
+        for i in range(0, b, chunk):
+            rows = slice(i, i + chunk)
+            y_t, state_t = self._step_t(x[rows].T, np.ascontiguousarray(state[rows].T))
+            y[rows] = y_t.T
+            new_state[rows] = state_t.T
+        return y, new_state
 
     def _step_t(self, x, state):
         """One step, feature-major: x (F, B), state (S, B) contiguous -> (y (O, B), new_state (S, B))."""
@@ -183,6 +199,11 @@ class StepModel:
             np.asarray(state, dtype=F32)
         if state.shape != (b, self.state_size):
             raise DataError(f"state has shape {state.shape}, expected ({b}, {self.state_size})")
+        if b > self.chunk_rows:
+            parts = [self.run(xs[i:i + self.chunk_rows], state[i:i + self.chunk_rows])
+                     for i in range(0, b, self.chunk_rows)]
+            ys, final = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            return (ys[0], final[0]) if single else (ys, final)
         xs_t = np.ascontiguousarray(xs.transpose(1, 2, 0))  # (T, F, B)
         ys_t = np.empty((t, self.output_size, b), dtype=F32)
         state_t = np.ascontiguousarray(state.T)

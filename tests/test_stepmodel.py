@@ -117,6 +117,24 @@ def test_step_is_pure_and_batch_equals_alone():
         np.testing.assert_allclose(ys_batch[b], ys_alone, atol=1e-6)
 
 
+def test_large_batches_in_row_blocks_give_the_same_results():
+    model, _ = make_stack(mask_value=0.0)
+    xs = rand(37, 6, 3, scale=1.0)
+    xs[5, 2:4] = 0.0  # a masked stretch inside one block
+    whole_y, whole_s = model.run(xs)
+    state = model.initial_state(37)
+    y1, s1 = model.step(xs[:, 0], state)
+    model.chunk_rows = 8  # instance override: 5 blocks, the last one partial
+    assert model.chunk_rows == 8 and type(model).chunk_rows != 8
+    ys, final = model.run(xs)
+    np.testing.assert_allclose(ys, whole_y, atol=1e-6)
+    np.testing.assert_allclose(final, whole_s, atol=1e-6)
+    y2, s2 = model.step(xs[:, 0], state)
+    np.testing.assert_allclose(y2, y1, atol=1e-6)
+    np.testing.assert_allclose(s2, s1, atol=1e-6)
+    assert not state.any()
+
+
 def test_output_is_not_a_view_of_state():
     layers = [{"kind": "simple_rnn", "name": "r", "units": 2, "activation": "tanh", "use_bias": False}]
     model = StepModel(layers, {"0.kernel": rand(2, 2), "0.recurrent_kernel": rand(2, 2)}, 2)
