@@ -90,8 +90,17 @@ class Restorer:
     def restore(self, store, partitions: list[int]) -> RestoreStats:
         """Read `partitions` and load their streams into `store` (their current state there is replaced)."""
         t0 = time.perf_counter()
-        stats = RestoreStats(partitions=sorted(partitions))
-        tables = self.read(stats.partitions)
+        stats = self.load(store, self.read(sorted(partitions)))
+        stats.seconds = time.perf_counter() - t0
+        if self.metrics is not None:
+            self.metrics.restores.inc()
+            self.metrics.restore_duration.observe(stats.seconds)
+            self.metrics.restored_streams.inc(stats.streams)
+        return stats
+
+    def load(self, store, tables: dict[int, dict[bytes, bytes]]) -> RestoreStats:
+        """Load what `read` returned: {partition: {key: value}} (applies --on-model-change)."""
+        stats = RestoreStats(partitions=sorted(tables))
         for partition, table in tables.items():
             stats.records += len(table)
             records, reset = self._decode(store, partition, table, stats)
@@ -101,11 +110,6 @@ class Restorer:
             if reset:  # checkpoint them again under this model's version
                 slots = np.array([store.slot_of(r.stream_id) for r in reset], np.int64)
                 store.write(slots, np.stack([r.state for r in reset]), np.array([r.last_step for r in reset]))
-        stats.seconds = time.perf_counter() - t0
-        if self.metrics is not None:
-            self.metrics.restores.inc()
-            self.metrics.restore_duration.observe(stats.seconds)
-            self.metrics.restored_streams.inc(stats.streams)
         return stats
 
     def _decode(self, store, partition: int, table: dict[bytes, bytes],

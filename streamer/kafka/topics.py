@@ -74,6 +74,7 @@ def ensure(admin, topics: Topics, *, create: bool, partitions: int | None = None
     from kafka.errors import TopicAlreadyExistsError
 
     counts = describe(admin, topics.all())
+    check_changelog(counts, topics)
     missing = [n for n, c in counts.items() if c is None]
     if missing and not create:
         raise UserError(f"topic(s) {', '.join(missing)} do not exist; create them with `streamer topics create "

@@ -1,0 +1,274 @@
+"""Broker-free tests of the Kafka transport's own logic: the changelog codec, the checkpoint order
+(against a producer double that records what it is asked to do, in order), restore's model-change
+policy, and the connection/topic settings. The real-broker behaviour is in test_serve_kafka.py and
+test_serve_recovery.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from streamer.errors import UserError
+from streamer.kafka import changelog
+from streamer.kafka.checkpoint import Checkpoint, DeliveryError
+from streamer.kafka.config import ClientTuning, Connection
+from streamer.kafka.restore import ModelChanged, Restorer
+from streamer.kafka.topics import Topics
+from streamer.state import StateMismatch, StateStore, StreamRecord
+
+CL = "grp-events-changelog"
+
+
+class _Future:
+    def __init__(self, log, error=None):
+        self._error = error
+
+    def add_errback(self, fn):
+        if self._error is not None:
+            fn(self._error)
+        return self
+
+
+class RecordingProducer:
+    """Stands in for KafkaProducer where only the order of calls matters."""
+
+    def __init__(self, fail_topic: str | None = None):
+        self.calls: list[tuple] = []
+        self.fail_topic = fail_topic
+
+    def send(self, topic, value=None, key=None, partition=None):
+        self.calls.append(("send", topic, key, value, partition))
+        return _Future(self.calls, RuntimeError("broker said no") if topic == self.fail_topic else None)
+
+    def flush(self, timeout=None):
+        self.calls.append(("flush",))
+
+    def begin_transaction(self):
+        self.calls.append(("begin",))
+
+    def send_offsets_to_transaction(self, offsets, group_metadata):
+        self.calls.append(("offsets", dict(offsets), group_metadata))
+
+    def commit_transaction(self):
+        self.calls.append(("commit",))
+
+    def abort_transaction(self):
+        self.calls.append(("abort",))
+
+    def kinds(self):
+        out = []
+        for c in self.calls:
+            if c[0] == "send":
+                out.append("tombstone" if c[1] == CL and c[3] is None else "state" if c[1] == CL else "output")
+            else:
+                out.append(c[0])
+        return out
+
+
+def store_with(streams: dict[str, int], version="v1", size=4) -> StateStore:
+    """A store whose streams (id -> partition) have each applied step 0."""
+    st = StateStore(size, model_version=version)
+    ids = list(streams)
+    slots, _, _ = st.acquire(ids, 1.0, np.array([streams[s] for s in ids]))
+    st.write(slots, np.full((len(ids), size), 0.5, np.float32), np.zeros(len(ids), np.int64))
+    return st
+
+
+OFFSETS = {TopicPartition("events", 0): OffsetAndMetadata(10, "", -1)}
+
+
+# --------------------------------------------------------------------------- codec
+
+
+def test_changelog_codec_round_trip_and_fold():
+    rec = StreamRecord("s-1", np.arange(4, dtype=np.float32), last_step=7, last_seen=12.5, model_version="abc",
+                       partition=3)
+    back = changelog.decode(changelog.encode_key("s-1"), changelog.encode(rec))
+    assert back.stream_id == "s-1" and back.last_step == 7 and back.model_version == "abc" and back.partition == 3
+    assert np.array_equal(back.state, rec.state)
+    with pytest.raises(StateMismatch):
+        changelog.decode(b"another-stream", changelog.encode(rec))
+    with pytest.raises(StateMismatch):
+        changelog.decode(b"s-1", b"{not json")
+    log = [(b"a", b"1"), (b"b", b"1"), (b"a", None), (b"b", b"2"), (None, b"x"), (b"a", b"3"), (b"c", b"1"),
+           (b"c", None)]
+    assert changelog.fold(log) == {b"a": b"3", b"b": b"2"}
+
+
+# --------------------------------------------------------------------------- checkpoint order
+
+
+def test_at_least_once_order_outputs_changelog_flush_then_offsets():
+    producer = RecordingProducer()
+    cp = Checkpoint(producer, CL, exactly_once=False)
+    st = store_with({"a": 0, "b": 1})
+    cp.send_many("predictions", [b"a", b"b"], [b"{}", b"{}"])
+    committed = []
+    assert cp.commit(st, OFFSETS, lambda o: (committed.append(dict(o)), producer.calls.append(("commit_offsets",))))
+    assert producer.kinds() == ["output", "output", "state", "state", "flush", "commit_offsets"]
+    states = [c for c in producer.calls if c[0] == "send" and c[1] == CL]
+    assert {(c[2], c[4]) for c in states} == {(b"a", 0), (b"b", 1)}  # keyed by stream, on its input partition
+    rec = StreamRecord.from_bytes(states[0][3])
+    assert rec.model_version == "v1" and rec.last_step == 0
+    assert committed == [OFFSETS]
+    # nothing changed since: no changelog records, nothing to flush but harmless
+    producer.calls.clear()
+    cp.commit(st, {}, lambda o: pytest.fail("no offsets to commit"))
+    assert "state" not in producer.kinds()
+
+
+def test_a_failed_delivery_fails_the_checkpoint_before_the_offsets():
+    producer = RecordingProducer(fail_topic="predictions")
+    cp = Checkpoint(producer, CL, exactly_once=False)
+    cp.send("predictions", b"a", b"{}")
+    with pytest.raises(DeliveryError):
+        cp.commit(store_with({"a": 0}), OFFSETS, lambda o: pytest.fail("offsets committed after a lost record"))
+
+
+def test_tombstones_wait_for_the_commit_that_covers_the_end():
+    producer = RecordingProducer()
+    cp = Checkpoint(producer, CL, exactly_once=False)
+    st = store_with({"a": 0, "b": 0})
+    cp.commit(st, OFFSETS, lambda o: None)
+    producer.calls.clear()
+
+    st.free_ids(["a"])  # stream a ended in this interval
+    cp.commit(st, OFFSETS, lambda o: None)
+    assert "tombstone" not in producer.kinds()  # not yet: its end event's offset was only committed now
+    producer.calls.clear()
+
+    fail = [True]
+
+    def commit(o):
+        if fail[0]:
+            from kafka.errors import CommitFailedError
+            raise CommitFailedError("rebalance")
+
+    st.free_ids(["b"])  # b ends; this interval's commit fails
+    assert cp.commit(st, OFFSETS, commit) is False
+    assert producer.kinds() == ["tombstone", "flush"]  # a's tombstone: covered by the previous commit
+    assert producer.calls[0][2] == b"a"
+    producer.calls.clear()
+    cp.commit(st, OFFSETS, commit)
+    assert "tombstone" not in producer.kinds()  # b still waits: no commit has covered its end
+    fail[0] = False
+    cp.commit(st, OFFSETS, commit)
+    producer.calls.clear()
+    cp.commit(st, {}, commit)
+    assert producer.kinds() == ["tombstone", "flush"] and producer.calls[0][2] == b"b"
+
+
+def test_a_restarted_stream_is_not_deleted_by_its_old_tombstone():
+    producer = RecordingProducer()
+    cp = Checkpoint(producer, CL, exactly_once=False)
+    st = store_with({"a": 0})
+    cp.commit(st, OFFSETS, lambda o: None)
+    st.free_ids(["a"])
+    cp.commit(st, OFFSETS, lambda o: None)  # a's tombstone is now covered
+    producer.calls.clear()
+    slots, _, _ = st.acquire(["a"], 2.0, np.array([0]))  # a starts again
+    st.write(slots, np.ones((1, 4), np.float32), np.array([0]))
+    cp.commit(st, OFFSETS, lambda o: None)
+    assert producer.kinds()[:2] == ["tombstone", "state"]  # the live record comes last: compaction keeps it
+
+
+def test_exactly_once_puts_everything_in_one_transaction():
+    producer = RecordingProducer()
+    cp = Checkpoint(producer, CL, exactly_once=True)
+    st = store_with({"a": 0, "b": 0})
+    cp.send_many("predictions", [b"a"], [b"{}"])
+    cp.send("events.dlq", None, b"{}")
+    st.free_ids(["b"])
+    cp.commit_transaction(st, OFFSETS, "group-metadata")
+    assert producer.kinds() == ["begin", "output", "output", "tombstone", "state", "flush", "offsets", "commit"]
+    assert producer.calls[-2] == ("offsets", OFFSETS, "group-metadata")
+    producer.calls.clear()
+    cp.commit_transaction(st, {}, "group-metadata")  # nothing new: no empty transaction
+    assert producer.calls == []
+    cp.send("predictions", b"a", b"{}")
+    cp.abort()
+    assert producer.kinds() == ["begin", "output", "abort"]
+
+
+# --------------------------------------------------------------------------- restore policy
+
+
+def _table(*records: StreamRecord) -> dict[bytes, bytes]:
+    return {changelog.encode_key(r.stream_id): r.to_bytes() for r in records}
+
+
+def test_restore_loads_state_and_resets_another_models_state_keeping_the_step():
+    st = StateStore(4, model_version="new")
+    same = StreamRecord("a", np.full(4, 0.25, np.float32), 5, 1.0, "new", 0)
+    other = StreamRecord("b", np.full(6, 0.5, np.float32), 9, 1.0, "old", 0)
+    stats = Restorer(None, CL).load(st, {0: {**_table(same, other), b"c": b"garbage"}})
+    assert (stats.streams, stats.reset, stats.invalid) == (2, 1, 1)
+    a, b = st.slot_of("a"), st.slot_of("b")
+    assert np.allclose(st.state[a], 0.25) and st.last_step[a] == 5
+    assert np.allclose(st.state[b], st.initial_state) and st.last_step[b] == 9  # dedup still holds
+    assert [sid for sid, _ in st.take_changes().updated] == ["b"]  # re-checkpointed under the new version
+
+
+def test_restore_refuses_another_models_state_when_asked():
+    st = StateStore(4, model_version="new")
+    other = StreamRecord("b", np.full(6, 0.5, np.float32), 9, 1.0, "old", 0)
+    with pytest.raises(ModelChanged, match="made by model old"):
+        Restorer(None, CL, on_model_change="refuse").load(st, {0: _table(other)})
+    assert len(st) == 0
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_connection_settings_map_to_kafka_python_and_refuse_bad_combinations(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    conn = Connection("k1:9093,k2:9093", "SASL_SSL", ssl_cafile=str(ca), sasl_mechanism="SCRAM-SHA-512",
+                      sasl_username="svc", sasl_password="s3cret").validate()
+    kw = conn.client_kwargs()
+    assert kw["bootstrap_servers"] == ["k1:9093", "k2:9093"]
+    assert kw["security_protocol"] == "SASL_SSL" and kw["ssl_cafile"] == str(ca)
+    assert (kw["sasl_mechanism"], kw["sasl_plain_username"], kw["sasl_plain_password"]) == ("SCRAM-SHA-512", "svc",
+                                                                                              "s3cret")
+    assert "s3cret" not in repr(conn)
+    assert "sasl_mechanism" not in Connection("k:9092").validate().client_kwargs()
+    bad = [Connection("k:9092", "SASL_SSL", sasl_username="u", sasl_password="p"),  # no mechanism
+           Connection("k:9092", "SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="u"),  # no password
+           Connection("k:9092", sasl_mechanism="PLAIN", sasl_username="u", sasl_password="p"),  # not SASL_*
+           Connection("k:9092", ssl_cafile=str(ca)),  # TLS file without TLS
+           Connection("k:9092", "SSL", ssl_cafile=str(tmp_path / "missing.pem")),
+           Connection("k:9092", "SSL", ssl_certfile=str(ca)),  # cert without key
+           Connection("kafka")]  # no port
+    for c in bad:
+        with pytest.raises(UserError):
+            c.validate()
+    tuning = ClientTuning(exactly_once=True, transactional_id="t-1")
+    assert tuning.consumer_kwargs(conn)["isolation_level"] == "read_committed"
+    assert tuning.consumer_kwargs(conn)["enable_auto_commit"] is False
+    assert tuning.producer_kwargs(conn)["transactional_id"] == "t-1"
+    assert ClientTuning().consumer_kwargs(conn)["isolation_level"] == "read_uncommitted"
+    assert "transactional_id" not in ClientTuning().producer_kwargs(conn)
+
+
+def test_serve_flags_come_from_the_environment(monkeypatch):
+    from streamer.cli import build_parser
+
+    monkeypatch.setenv("STREAMER_BOOTSTRAP_SERVERS", "b:9092")
+    monkeypatch.setenv("STREAMER_MODEL", "/models/m")
+    monkeypatch.setenv("STREAMER_SASL_PASSWORD", "from-env")
+    monkeypatch.setenv("STREAMER_EXACTLY_ONCE", "1")
+    monkeypatch.setenv("STREAMER_INPUT_TOPIC", "ev")
+    args = build_parser().parse_args(["serve"])
+    assert (args.bootstrap_servers, args.model, args.sasl_password, args.exactly_once, args.input_topic) == (
+        "b:9092", "/models/m", "from-env", True, "ev")
+    assert args.metrics_host == "127.0.0.1" and args.metrics_port == 8000
+
+
+def test_topic_names():
+    t = Topics.named("grp", "events")
+    assert t.all() == ["events", "predictions", "events.dlq", "grp-events-changelog"]
+    with pytest.raises(UserError):
+        Topics.named("grp", "events", output="events")
+    with pytest.raises(UserError):
+        Topics.named("grp", "bad topic")
