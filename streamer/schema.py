@@ -36,6 +36,7 @@ import json
 import math
 from dataclasses import dataclass
 from itertools import chain
+from json.scanner import make_scanner
 from typing import Any, Sequence
 
 import numpy as np
@@ -76,6 +77,7 @@ SCHEMA_ERROR_CODES = (
 ERROR_CODES = SCHEMA_ERROR_CODES + (STEP_GAP, STREAM_LIMIT)
 
 _NUMBER_TYPES = frozenset((int, float))
+_scan_json = make_scanner(json.JSONDecoder())  # the C scanner behind json.loads, without its wrappers
 _TS_TYPES = (int, float)
 
 
@@ -191,7 +193,7 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
     This is the hot path: one json.loads and a handful of type checks per message, then one
     numpy conversion and one finiteness check for the whole poll.
     """
-    loads = json.loads
+    loads = _loads
     number_types = _NUMBER_TYPES
     rejected: list[Rejection] = []
     meta: list[tuple] = []  # (stream_id, step, count, chunk, reset, end, ts, index) per valid event
@@ -265,6 +267,18 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
     if partitions is not None:
         events.partitions = np.asarray(partitions, dtype=np.int64)[events.index]
     return events, rejected
+
+
+def _loads(text: str) -> Any:
+    """json.loads(text), about twice as fast for the usual message: a value from the first character
+    with nothing but JSON whitespace after it. Anything else goes through json.loads (same errors)."""
+    try:
+        obj, end = _scan_json(text, 0)
+    except StopIteration:
+        return json.loads(text)  # leading whitespace, or not JSON: json.loads parses or says why
+    if end != len(text) and text[end:].strip(" \t\n\r"):
+        return json.loads(text)  # raises "Extra data"
+    return obj
 
 
 def _as_bytes(raw: Any) -> bytes:
