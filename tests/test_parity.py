@@ -272,3 +272,33 @@ def test_streamer_train_output_converts_with_parity(tmp_path):
     for b, s in enumerate(seqs):
         got, _ = stream_one(step_model, s)
         assert np.max(np.abs(got - want[b, :len(s)])) <= TOL
+
+
+BETWEEN = {
+    "dense": lambda: L.Dense(4, activation="tanh", bias_initializer="ones"),
+    "time_distributed": lambda: L.TimeDistributed(L.Dense(4, bias_initializer="ones")),
+    "activation": lambda: L.Activation("relu"),
+    "dropouts": lambda: keras.Sequential([L.Dropout(0.3), L.SpatialDropout1D(0.2), L.GaussianNoise(0.5)]),
+    "rnn": lambda: L.GRU(4, return_sequences=True, reset_after=False),
+    "nested": lambda: keras.Sequential([L.Dense(4, bias_initializer="ones"), L.LeakyReLU()]),
+}
+
+
+@pytest.mark.parametrize("between", sorted(BETWEEN))
+def test_keras_mask_reaches_rnns_through_other_layers(between):
+    """The step model masks every RNN after the Masking layer; Keras must do the same through
+    each kind of layer in between (a mask that stopped would change the pads' effect)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras warns that nested models drop masks; they don't
+        model = keras.Sequential([keras.Input((None, 3)), L.Masking(0.0), BETWEEN[between](),
+                                  L.LSTM(5, return_sequences=True), L.Dense(2)])
+        step_model = convert_model(model)
+        x = np.random.default_rng(12).normal(size=(2, 14, 3)).astype(np.float32)
+        x[0, 3:6] = 0.0
+        x[1, :4] = 0.0
+        x[1, -3:] = 0.0
+        want = np.asarray(model(x, training=False))
+    got, _ = step_model.run(x)
+    assert np.max(np.abs(got - want)) <= TOL
