@@ -133,6 +133,11 @@ def train(
     _log(f"training {model.name} on {stats['count']} sequences (lengths {stats['min']}..{stats['max']}, "
          f"mean {stats['mean']}): {len(batches)} length-bucketed batches of <= {config.batch_size} per epoch, "
          f"~{batches.waste_pct:.1f}% padded steps (pad-to-max would be {batches.pad_to_max_waste_pct:.1f}%)")
+    if config.masking:
+        zero_steps = sum(int((r.features == 0).all(axis=1).sum()) for r in records)
+        if zero_steps:
+            _log(f"warning: {zero_steps} real steps have every feature == 0; the Masking layer treats them as "
+                 "padding (state kept, no loss). If zeros are meaningful, train with masking=False (--no-masking)")
     steps_per_epoch = len(batches)  # the first pass's batch count; see BucketedBatches.as_tf_dataset
     started = time.monotonic()
     history = model.fit(batches.as_tf_dataset(), steps_per_epoch=steps_per_epoch, epochs=config.epochs,
