@@ -7,6 +7,7 @@ from dataclasses import dataclass
 GAP_POLICIES = ("apply", "reject", "reset")
 DEFAULT_GAP_POLICY = "apply"
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB
+DEFAULT_METRICS_HOST = "127.0.0.1"  # never 0.0.0.0 unless asked
 
 
 @dataclass

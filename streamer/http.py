@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-DEFAULT_HOST = "127.0.0.1"
+from streamer.config import DEFAULT_METRICS_HOST as DEFAULT_HOST
 
 
 class MetricsServer:

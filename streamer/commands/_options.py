@@ -70,7 +70,7 @@ def add_engine_options(p) -> None:
 
 def add_metrics_options(p, default_port: int | None) -> None:
     from streamer.cli import env_default
-    from streamer.http import DEFAULT_HOST
+    from streamer.config import DEFAULT_METRICS_HOST as DEFAULT_HOST
 
     g = p.add_argument_group("metrics")
     off = "default: no server" if default_port is None else f"default {default_port}"

@@ -15,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from streamer.commands._options import (add_engine_options, add_metrics_options, positive_float, positive_int)
 
 PROG = "streamer demo"
@@ -119,12 +117,14 @@ def _model(args):
     return keras_model, step_model
 
 
-def arrivals(records, rng: np.random.Generator, chunk_prob: float, ts_ms: int) -> tuple[list[bytes], int]:
+def arrivals(records, rng, chunk_prob: float, ts_ms: int) -> tuple[list[bytes], int]:
     """JSON events for every record (stream): random order across streams, in order within each.
 
     Each stream's events carry `step`, sometimes a chunk of 2..8 steps, and `end` on the last one.
-    Returns (messages, number of chunks).
+    Returns (messages, number of chunks). `rng` is a numpy Generator.
     """
+    import numpy as np
+
     per_stream = []
     chunks = 0
     for r in records:
@@ -151,6 +151,8 @@ def arrivals(records, rng: np.random.Generator, chunk_prob: float, ts_ms: int) -
 
 
 def _stream(args, config, metrics, keras_model, step_model) -> dict:
+    import numpy as np
+
     from models.data import synthetic_sequences
     from models.predict import predict_sequences
     from streamer.engine import Engine
@@ -238,7 +240,7 @@ def _summary(rep: dict, step_model, server) -> str:
         f"{rep['steps']:,} steps in {rep['events']:,} events ({rep['chunks']:,} chunks), {rep['polls']} polls "
         f"of <= {rep['poll_size']}, {rep['dead_letters']} dead letters",
         f"  throughput   {rep['predicted'] / rep['seconds']:,.0f} steps/s ({rep['seconds']:.2f} s in the engine, "
-        f"decode + step + encode)",
+        f"decode, validate, step)",
         f"  latency      p50 {rep['p50'] * 1e3:.2f} ms, p99 {rep['p99'] * 1e3:.2f} ms per step "
         f"(poll arrival -> prediction ready)",
         f"  accuracy     {rep['accuracy']:.4f} per step against the task's labels",
