@@ -138,6 +138,8 @@ def _add_rnn(chain: _Chain, layer, cell, kind: str, is_last: bool):
                                                        "recurrent_activation")
     if kind == "GRU":
         cfg["reset_after"] = bool(cell.reset_after)
+    if getattr(layer, "zero_output_for_mask", False):
+        cfg["zero_output_for_mask"] = True  # masked steps output zeros instead of the previous h
     chain.add(cfg, kernel=_np(cell.kernel), recurrent_kernel=_np(cell.recurrent_kernel),
               bias=_np(cell.bias) if cell.use_bias else None)
 

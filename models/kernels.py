@@ -486,8 +486,9 @@ class _RNNOp(Op):
     gates = 1
 
     def __init__(self, name, in_size, units, activation, recurrent_activation, use_bias,
-                 kernel, recurrent_kernel, bias, bias_shape=None):
+                 kernel, recurrent_kernel, bias, bias_shape=None, zero_output_for_mask=False):
         super().__init__(name, in_size)
+        self.zero_output_for_mask = bool(zero_output_for_mask)
         self.units = self.out_size = int(units)
         self.activation = Activation(activation)
         self.recurrent_activation = Activation(recurrent_activation) if recurrent_activation else None
@@ -502,6 +503,8 @@ class _RNNOp(Op):
                "activation": self.activation.spec, "use_bias": self.use_bias}
         if self.recurrent_activation is not None:
             cfg["recurrent_activation"] = self.recurrent_activation.spec
+        if self.zero_output_for_mask:  # only when set: keeps the spec (and version) of plain models
+            cfg["zero_output_for_mask"] = True
         return cfg
 
     def params(self):
@@ -510,12 +513,15 @@ class _RNNOp(Op):
             p["bias"] = self.bias
         return p
 
-    def _restore_masked(self, state, new_state, keep):
-        """Columns not in `keep` (masked steps) keep their whole previous state."""
-        if keep is not None:
-            drop = ~keep
-            rows = slice(self.offset, self.offset + self.state_size)
-            new_state[rows, drop] = state[rows, drop]
+    def _finish(self, state, new_state, keep, h_new):
+        """Masked columns (not in `keep`) keep their whole previous state; their output is the
+        previous h (Keras 3 default) or zeros (zero_output_for_mask=True)."""
+        if keep is None:
+            return h_new
+        drop = ~keep
+        rows = slice(self.offset, self.offset + self.state_size)
+        new_state[rows, drop] = state[rows, drop]
+        return h_new * keep if self.zero_output_for_mask else h_new
 
 
 def _is(act: Activation, name: str) -> bool:
@@ -535,9 +541,9 @@ class LSTMOp(_RNNOp):
     gates = 4
 
     def __init__(self, name, in_size, units, activation="tanh", recurrent_activation="sigmoid",
-                 use_bias=True, kernel=None, recurrent_kernel=None, bias=None):
+                 use_bias=True, kernel=None, recurrent_kernel=None, bias=None, zero_output_for_mask=False):
         super().__init__(name, in_size, units, activation, recurrent_activation, use_bias,
-                         kernel, recurrent_kernel, bias)
+                         kernel, recurrent_kernel, bias, zero_output_for_mask=zero_output_for_mask)
         u = self.units
         self.state_blocks = (("h", u), ("c", u))
         order = np.r_[0:2 * u, 3 * u:4 * u, 2 * u:3 * u]  # i f o c
@@ -569,8 +575,7 @@ class LSTMOp(_RNNOp):
         c_new += g
         h_new = new_state[s:s + u]
         np.multiply(z[2 * u:3 * u], self.activation.apply_t(c_new, g), out=h_new)  # o * act(c)
-        self._restore_masked(state, new_state, keep)
-        return h_new
+        return self._finish(state, new_state, keep, h_new)
 
 
 class GRUOp(_RNNOp):
@@ -586,12 +591,14 @@ class GRUOp(_RNNOp):
     gates = 3
 
     def __init__(self, name, in_size, units, activation="tanh", recurrent_activation="sigmoid",
-                 use_bias=True, reset_after=True, kernel=None, recurrent_kernel=None, bias=None):
+                 use_bias=True, reset_after=True, kernel=None, recurrent_kernel=None, bias=None,
+                 zero_output_for_mask=False):
         self.reset_after = bool(reset_after)
         u = int(units)
         super().__init__(name, in_size, units, activation, recurrent_activation, use_bias,
                          kernel, recurrent_kernel, bias,
-                         bias_shape=(2, 3 * u) if self.reset_after else (3 * u,))
+                         bias_shape=(2, 3 * u) if self.reset_after else (3 * u,),
+                         zero_output_for_mask=zero_output_for_mask)
         self.state_blocks = (("h", u),)
         f = self.in_size
         k, rk = self.kernel, self.recurrent_kernel
@@ -649,8 +656,7 @@ class GRUOp(_RNNOp):
         np.subtract(h, hh, out=h_new)
         h_new *= zr[:u]
         h_new += hh
-        self._restore_masked(state, new_state, keep)
-        return h_new
+        return self._finish(state, new_state, keep, h_new)
 
 
 class SimpleRNNOp(_RNNOp):
@@ -660,9 +666,9 @@ class SimpleRNNOp(_RNNOp):
     gates = 1
 
     def __init__(self, name, in_size, units, activation="tanh", use_bias=True,
-                 kernel=None, recurrent_kernel=None, bias=None):
+                 kernel=None, recurrent_kernel=None, bias=None, zero_output_for_mask=False):
         super().__init__(name, in_size, units, activation, None, use_bias,
-                         kernel, recurrent_kernel, bias)
+                         kernel, recurrent_kernel, bias, zero_output_for_mask=zero_output_for_mask)
         self.state_blocks = (("h", self.units),)
         self._wt = np.ascontiguousarray(np.concatenate([self.kernel, self.recurrent_kernel]).T)
         self._b = _col(self.bias)
@@ -674,8 +680,7 @@ class SimpleRNNOp(_RNNOp):
             z += self._b
         h_new = new_state[s:s + u]
         self.activation.apply_t(z, h_new)
-        self._restore_masked(state, new_state, keep)
-        return h_new
+        return self._finish(state, new_state, keep, h_new)
 
 
 OPS = {cls.kind: cls for cls in (DenseOp, ActivationOp, LSTMOp, GRUOp, SimpleRNNOp)}

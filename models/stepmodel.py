@@ -140,7 +140,8 @@ class StepModel:
 
         Pure: the inputs are not modified and the outputs share no memory with them. With a mask
         value, a row whose features all equal it keeps its state and yields the output for its
-        previous state (Keras 3 masking).
+        previous state (Keras 3 masking; an RNN built with zero_output_for_mask=True passes
+        zeros downstream instead of its previous h).
         """
         if type(x) is not np.ndarray or x.dtype != F32:
             x = np.asarray(x, dtype=F32)

@@ -302,3 +302,18 @@ def test_keras_mask_reaches_rnns_through_other_layers(between):
         want = np.asarray(model(x, training=False))
     got, _ = step_model.run(x)
     assert np.max(np.abs(got - want)) <= TOL
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "SimpleRNN"])
+def test_zero_output_for_mask(cls):
+    """RNN(..., zero_output_for_mask=True): masked steps keep the state but output zeros."""
+    rnn = getattr(L, cls)
+    model = keras.Sequential([keras.Input((None, 3)), L.Masking(0.0),
+                              rnn(4, return_sequences=True, zero_output_for_mask=True),
+                              L.Dense(3, bias_initializer="ones"), rnn(2, return_sequences=True)])
+    step_model = convert_model(model)
+    x = np.random.default_rng(13).normal(size=(2, 12, 3)).astype(np.float32)
+    x[0, 3:6] = 0.0
+    x[1, -3:] = 0.0
+    got, _ = step_model.run(x)
+    assert np.max(np.abs(got - np.asarray(model(x, training=False)))) <= TOL
