@@ -299,6 +299,32 @@ class StateStore:
 
         Refuses (StateMismatch) a record of another model version or state size.
         """
+        self.restore_many([record])
+
+    def restore_many(self, records: Sequence[StreamRecord]) -> None:
+        """Restore many checkpointed streams at once (the last record of an id wins).
+
+        Every record is checked first: if one belongs to another model, has another state size or holds
+        invalid values, StateMismatch is raised and nothing is restored. Restored streams count as
+        checkpointed (not changed). At `max_streams`, least recently used streams are evicted as usual.
+        """
+        latest = {r.stream_id: r for r in records}
+        for record in latest.values():
+            self._check_record(record)
+        if not latest:
+            return
+        ids = list(latest)
+        recs = list(latest.values())
+        if self.max_streams is not None and len(ids) > self.max_streams:
+            raise StateMismatch(f"no room to restore {len(ids)} streams: --max-streams is {self.max_streams}")
+        slots, _, _ = self.acquire(ids, max(r.last_seen for r in recs),
+                                   np.array([r.partition for r in recs], np.int64))
+        self.state[slots] = np.stack([r.state for r in recs])
+        self.last_step[slots] = [r.last_step for r in recs]
+        self.last_seen[slots] = [r.last_seen for r in recs]
+        self._dirty[slots] = False  # equal to their checkpoint
+
+    def _check_record(self, record: StreamRecord) -> None:
         if record.model_version != self.model_version:
             raise StateMismatch(f"state of stream {record.stream_id!r} was made by model {record.model_version}, "
                                 f"this store serves model {self.model_version}")
@@ -307,41 +333,3 @@ class StateStore:
                                 f"this model needs {self.state_size}")
         if not np.isfinite(record.state).all() or not math.isfinite(record.last_seen) or record.last_step < -1:
             raise StateMismatch(f"state record of stream {record.stream_id!r} holds invalid values")
-        slots, _, _ = self.acquire([record.stream_id], record.last_seen,
-                                np.array([record.partition], np.int64))
-        slot = int(slots[0])
-        if slot < 0:
-            raise StateMismatch(f"no room to restore stream {record.stream_id!r} (--max-streams)")
-        self.state[slot] = record.state
-        self.last_step[slot] = record.last_step
-        self._dirty[slot] = False  # equal to its checkpoint
-
-    def restore_many(self, records: Sequence[StreamRecord]) -> None:
-        """`restore` for many records at once (a changelog partition): the same checks, one `acquire`.
-
-        Refuses (StateMismatch) the whole batch before changing anything if one record is of another
-        model version or state size, holds invalid values, or there is no room for all of them.
-        A stream id given twice keeps its last record.
-        """
-        if not records:
-            return
-        latest = {r.stream_id: r for r in records}
-        records = list(latest.values())
-        for r in records:
-            if r.model_version != self.model_version or r.state_size != self.state_size:
-                self.restore(r)  # raises the same StateMismatch as a single restore
-        states = np.stack([r.state for r in records])
-        steps = np.array([r.last_step for r in records], np.int64)
-        seen = np.array([r.last_seen for r in records], np.float64)
-        bad = ~np.isfinite(states).all(axis=1) | ~np.isfinite(seen) | (steps < -1)
-        if bad.any():
-            raise StateMismatch(f"state record of stream {records[int(np.flatnonzero(bad)[0])].stream_id!r} "
-                                "holds invalid values")
-        ids = list(latest)
-        slots, _, _ = self.acquire(ids, 0.0, np.array([r.partition for r in records], np.int64))
-        if slots.min() < 0:
-            raise StateMismatch(f"no room to restore {int((slots < 0).sum())} of {len(ids)} streams (--max-streams)")
-        self.state[slots] = states
-        self.last_step[slots] = steps
-        self.last_seen[slots] = seen
-        self._dirty[slots] = False  # equal to their checkpoint

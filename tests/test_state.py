@@ -139,3 +139,27 @@ def test_partition_tag_follows_the_latest_event():
     st.acquire(["a"], 0.0, partitions=np.array([2]))
     st.acquire(["a", "b"], 1.0, partitions=np.array([5, 6]))
     assert st.partition[st.slot_of("a")] == 5 and st.partition[st.slot_of("b")] == 6
+
+
+def test_restore_many_loads_all_or_nothing():
+    src = store()
+    slots, _, _ = src.acquire(["a", "b", "c"], 5.0, partitions=np.array([1, 1, 2]))
+    src.write(slots, np.arange(3 * S, dtype=np.float32).reshape(3, S), np.array([4, 5, 6]))
+    records = [src.export(s) for s in ("a", "b", "c")]
+    dst = store()
+    dst.acquire(["a"], 1.0)  # replaced by its record
+    dst.restore_many(records)
+    for r in records:
+        slot = dst.slot_of(r.stream_id)
+        np.testing.assert_array_equal(dst.state[slot], r.state)
+        assert dst.last_step[slot] == r.last_step and dst.partition[slot] == r.partition
+    assert dst.take_changes().updated == []
+    bad = StreamRecord("z", np.zeros(S, np.float32), 0, 0.0, model_version="other")
+    fresh = store()
+    with pytest.raises(StateMismatch):
+        fresh.restore_many(records + [bad])
+    assert len(fresh) == 0
+    capped = store(max_streams=2)
+    with pytest.raises(StateMismatch, match="no room"):
+        capped.restore_many(records)
+    assert len(capped) == 0
