@@ -3,7 +3,8 @@
 Compares, in one run and on the same weights:
   numpy StepModel.step        the product's kernel (models/stepmodel.py), state in/out as arrays
   tf.function step            the Keras cells called inside a tf.function with state in/out
-                              (numpy in, numpy out, like the serving loop needs)
+                              (numpy in, numpy out, like the serving loop needs); also with
+                              jit_compile=True (XLA)
   Keras predict_on_batch      a stateful timesteps=1 copy of the model (weights transferred),
                               batch 1 only (a stateful model has a fixed batch size)
 
@@ -11,8 +12,11 @@ Method: per case, warm up, then R rounds of N calls each; a round's time / N is 
 call. Prints the best round (least disturbed by other processes) and the median.
 stream-steps/s = batch / (best µs per call).
 
-Usage: python benchmarks/bench_step.py [--batches 1,256,4096] [--rounds 7] [--threads N] [--no-tf]
---threads sets OPENBLAS_NUM_THREADS / OMP_NUM_THREADS for numpy's BLAS (default: leave as is).
+Usage: python benchmarks/bench_step.py [--batches 1,256,4096] [--rounds 7] [--threads N] [--tf-threads N] [--no-tf]
+--threads sets OPENBLAS_NUM_THREADS / OMP_NUM_THREADS for numpy's BLAS (default: leave as is);
+--tf-threads sets TensorFlow's intra/inter-op thread pools. Serving should run numpy's BLAS
+single-threaded (OPENBLAS_NUM_THREADS=1): at these matrix sizes extra BLAS threads only add
+synchronisation, and on a busy machine they cost 3-10x.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=7, help="timed rounds per case (best and median shown)")
     p.add_argument("--budget", type=float, default=0.3, help="target seconds per round")
     p.add_argument("--threads", type=int, default=None, help="BLAS threads for numpy (sets env before import)")
+    p.add_argument("--tf-threads", type=int, default=None,
+                   help="TensorFlow intra- and inter-op threads (default: TensorFlow's own choice)")
     p.add_argument("--no-tf", action="store_true", help="numpy only (random weights; no TensorFlow needed)")
     return p.parse_args(argv)
 
@@ -185,6 +191,9 @@ def main() -> int:
 
         from models.convert import convert_model
 
+        if ARGS.tf_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(ARGS.tf_threads)
+            tf.config.threading.set_inter_op_parallelism_threads(ARGS.tf_threads)
         print(f"tensorflow {tf.__version__}, keras {keras.__version__}, TF intra-op threads "
               f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}")
         keras_model = qa_keras_model()
@@ -202,6 +211,9 @@ def main() -> int:
         for b in batches:
             fn, tf_step = tf_function_case(keras_model, b)
             add("tf.function step (state in/out)", b, fn, max(2, 200 // b))
+        for b in batches:
+            fn, _ = tf_function_case(keras_model, b, jit=True)
+            add("tf.function step, XLA (jit_compile)", b, fn, max(2, 200 // b))
         pob, stateful = predict_on_batch_case(keras_model)
         add("Keras predict_on_batch (stateful, T=1)", 1, pob, 20)
         d_np, d_tf, d_pob = check_agreement(keras_model, step_model, tf_step, stateful)
