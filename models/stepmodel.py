@@ -31,10 +31,6 @@ SPEC_FILE = "step_model.json"
 WEIGHTS_FILE = "step_model.npz"
 
 
-def _canonical_activation(spec):
-    return spec if isinstance(spec, str) else dict(sorted(spec.items()))
-
-
 def compute_version(spec: dict, weights: dict[str, np.ndarray]) -> str:
     """Content hash (16 hex chars) of the behavioural spec and the weights."""
     h = hashlib.sha256()
