@@ -107,8 +107,8 @@ class _Chain:
         self.seen_compute = True
 
 
-def _refuse(layer, why: str):
-    raise ConversionError(f"layer '{layer.name}' ({_kind(layer)}) cannot stream: {why}")
+def _refuse(layer, why: str, what: str = "cannot stream"):
+    raise ConversionError(f"layer '{layer.name}' ({_kind(layer)}) {what}: {why}")
 
 
 def _check_rnn_options(layer, is_last: bool):
@@ -168,10 +168,12 @@ def _add_layer(chain: _Chain, layer, is_last: bool):
         return
     if kind == "Masking":
         if chain.masking_layer is not None:
-            _refuse(layer, f"a second Masking layer (after '{chain.masking_layer}') is not supported")
+            _refuse(layer, f"a second Masking layer (after '{chain.masking_layer}') is not supported",
+                    "cannot be converted")
         if chain.seen_compute:
             _refuse(layer, "Masking must come first (before any layer that changes the features), "
-                           "so that a masked step is one whose raw input features all equal mask_value")
+                           "so that a masked step is one whose raw input features all equal mask_value",
+                    "cannot be converted")
         chain.mask_value = float(layer.mask_value)
         chain.masking_layer = layer.name
         return
