@@ -174,6 +174,7 @@ class Engine:
                                 initial_state=model.initial_state(1)[0],
                                 capacity=self.config.initial_capacity, max_streams=self.config.max_streams)
         self.metrics.set_model(model)
+        self.step_block = 512  # rows per model.step call within a wave (cache-sized working sets)
         self._empty_outputs = self._outputs_of(Events.from_arrays([], np.empty((0, model.feature_size))),
                                                np.empty(0, np.int64), np.empty(0, np.int64),
                                                np.empty((0, model.output_size), np.float32))
@@ -296,8 +297,16 @@ class Engine:
                 whole = False
                 if len(rows) == 0:
                     continue
-            y, new_state = model.step(x_all if whole else x_all[rows], store.state[s])
-            store.write(s, new_state, step)
+            x = x_all if whole else x_all[rows]
+            if len(s) <= self.step_block:
+                y, new_state = model.step(x, store.state[s])
+                store.write(s, new_state, step)
+            else:  # gather -> step -> scatter block by block: each block's rows stay in cache
+                y = np.empty((len(s), model.output_size), np.float32)
+                for lo in range(0, len(s), self.step_block):
+                    b = slice(lo, lo + self.step_block)
+                    y[b], new_state = model.step(x[b], store.state[s[b]])
+                    store.write(s[b], new_state, step[b])
             if whole:
                 y_all, out_step = y, step
             else:

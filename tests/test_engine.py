@@ -392,3 +392,18 @@ def test_a_stream_resumes_from_its_checkpoint_in_another_engine(model):
     other, _ = make(lstm_step_model(F, (6, 4), 2, seed=99))
     with pytest.raises(StateMismatch):
         other.restore(StreamRecord.from_bytes(blob))
+
+
+def test_large_waves_are_stepped_in_blocks_with_the_same_results(model):
+    rng = np.random.default_rng(15)
+    seqs = {f"s{i}": rng.random((int(rng.integers(1, 12)), F), dtype=np.float32) for i in range(30)}
+    msgs = interleaved(rng, seqs, chunk_prob=0.3)
+    results = []
+    for block in (4, 512):
+        engine, _ = make(model)
+        engine.step_block = block
+        results.append(feed(engine, msgs, batch_size=200).records)
+    assert [(r["stream_id"], r["step"]) for r in results[0]] == [(r["stream_id"], r["step"]) for r in results[1]]
+    for sid, x in seqs.items():
+        got = preds_of(results[0], sid)
+        np.testing.assert_allclose(np.array([got[t] for t in range(len(x))]), model.run(x)[0], atol=TOL)

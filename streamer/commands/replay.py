@@ -6,6 +6,7 @@ The same engine the Kafka transport runs, fed in polls of `--batch-lines` lines.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -54,7 +55,7 @@ def run(args) -> int:
 
     if args.dlq == "-":
         raise UserError("--dlq needs a file path (- is not supported: stdout carries the predictions)")
-    named = [p for p in (args.input, args.output, args.dlq) if p not in (None, "-")]
+    named = [p for p in (args.input, args.output, args.dlq) if p not in (None, "-", os.devnull)]
     if len(set(named)) != len(named):
         raise UserError("--input, --output and --dlq must be different files")
     started = time.perf_counter()
