@@ -119,7 +119,7 @@ def json_poll(model, n: int):
     return go
 
 
-def measure(model, n: int, seconds: float, rounds: int = 4) -> tuple[float, float, float]:
+def measure(model, n: int, seconds: float, rounds: int = 8) -> tuple[float, float, float]:
     """(ceiling, core, json) stream-steps/s at n streams: the three alternate for `rounds` rounds so
     they share the machine's conditions; each keeps its fastest poll."""
     polls = [ceiling_poll(model, n), core_poll(model, n), json_poll(model, n)]
