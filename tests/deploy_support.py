@@ -351,8 +351,9 @@ def promtool_binary() -> str | None:
 class PrometheusServer:
     """The Debian package's Prometheus on 127.0.0.1, with a temp config and storage; stop() ends it."""
 
-    def __init__(self, config: dict, workdir: Path, rule_files: dict[str, str] | None = None):
-        self.port = free_port()
+    def __init__(self, config: dict, workdir: Path, rule_files: dict[str, str] | None = None,
+                 port: int | None = None):
+        self.port = port or free_port()
         self.dir = workdir
         for name, text in (rule_files or {}).items():
             (workdir / name).write_text(text)

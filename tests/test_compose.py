@@ -196,8 +196,11 @@ def test_commands_agree_on_topics_brokers_and_ports(services):
     for args in (serve, init, load):
         assert args.bootstrap_servers == advertised["PLAINTEXT"]
     assert load.topic == serve.input_topic
-    assert (init.input_topic, init.output_topic, init.dlq_topic) == (serve.input_topic, serve.output_topic,
-                                                                     serve.dlq_topic)
+    # the same four topics, the changelog included (its name derives from the group id)
+    from streamer.kafka.config import topics_from_args
+
+    assert topics_from_args(init) == topics_from_args(serve)
+    assert init.group_id == serve.group_id
     assert init.partitions == 6  # ${PARTITIONS:-6}
     assert serve.metrics_host == "0.0.0.0"  # inside the container only: no port is published
     assert serve.metrics_port == int(ds.service_environment(services["streamer"])["STREAMER_METRICS_PORT"])
