@@ -149,6 +149,29 @@ def test_stdout_output_and_environment_defaults(tmp_path):
     assert "3 streams (3 ended)" in r.stderr
 
 
+def test_sigterm_stops_a_continuous_run_with_a_summary(tmp_path):
+    """`docker stop` sends SIGTERM: the generator stops between events, flushes and exits 0."""
+    import signal
+
+    out = tmp_path / "events.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "streamer", "produce", "--output", str(out), "--continuous",
+                             "--streams", "5", "--rate", "200"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while (not out.exists() or out.stat().st_size == 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped: interrupted" in err
+    lines = out.read_text().splitlines()
+    assert lines and all(json.loads(line)["stream_id"] for line in lines)  # whole lines only
+
+
 @pytest.mark.parametrize("flags, words", [
     ([], "either --bootstrap-servers"),
     (["--output", "x.jsonl", "--bootstrap-servers", "127.0.0.1:1"], "not both"),

@@ -218,6 +218,7 @@ class _Sink:
         self.first_error = None
         self._producer = None
         self._file = None
+        self._close_file = False
         self.send = None
         self.target = ""
 
@@ -245,7 +246,7 @@ class _Sink:
         self.target = "stdout" if path == "-" else f"file {path}"
 
     def _open_producer(self) -> None:
-        os_env_quiet()
+        _quiet_kafka_logging()
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
@@ -272,20 +273,28 @@ class _Sink:
                             "automatically); create it with `streamer topics create` or choose --topic")
         producer = self._producer
 
-        def on_error(exc) -> None:
-            self.failed += 1
-            if self.first_error is None:
-                self.first_error = f"{type(exc).__name__}: {exc}"
-
         def send(key: bytes, value: bytes) -> None:
-            producer.send(topic, key=key, value=value).add_errback(on_error)
+            try:
+                producer.send(topic, key=key, value=value).add_errback(self._failed)
+            except KafkaError as exc:  # e.g. the send buffer stayed full for --connect-timeout
+                self._failed(exc)
 
         self.send = send
         self.target = f"kafka topic {topic} ({len(partitions)} partitions) at {servers}"
 
+    def _failed(self, exc) -> None:
+        self.failed += 1
+        if self.first_error is None:
+            self.first_error = f"{type(exc).__name__}: {exc}"
+
     def flush(self) -> None:
         if self._producer is not None:
-            self._producer.flush(timeout=60)
+            from kafka.errors import KafkaError
+
+            try:
+                self._producer.flush(timeout=60)
+            except KafkaError as exc:  # undelivered records also fail their futures (counted above)
+                self._failed(exc)
         elif self._file is not None:
             self._file.flush()
 
@@ -296,7 +305,7 @@ class _Sink:
             self._file.close()
 
 
-def os_env_quiet() -> None:
+def _quiet_kafka_logging() -> None:
     """kafka-python logs connection retries at WARNING/ERROR: keep stderr to our own lines."""
     import logging
 
