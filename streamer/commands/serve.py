@@ -146,6 +146,10 @@ def register(subparsers) -> None:
                         "[STREAMER_COMPRESSION]")
     g.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                    default=env_default("log_level", "INFO"), help="default INFO [STREAMER_LOG_LEVEL]")
+    g.add_argument("--kafka-log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   default=env_default("kafka_log_level", "ERROR"),
+                   help="kafka-python's own logging (it reports every reconnect at WARNING); default ERROR "
+                        "[STREAMER_KAFKA_LOG_LEVEL]")
     add_engine_options(p)
     add_metrics_options(p, default_port=DEFAULT_METRICS_PORT)
     p.set_defaults(func=run)
@@ -165,7 +169,7 @@ def run(args) -> int:
     from streamer.kafka.service import FATAL_ERRORS, KafkaClients, KafkaService, ServeSettings, retrying
     from streamer.metrics import Metrics
 
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.kafka_log_level)
     log = logging.getLogger("streamer.serve")
     conn = connection_from_args(args)
     topics = topics_from_args(args)
@@ -225,6 +229,10 @@ def run(args) -> int:
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack on stderr
+
     def handle(signum, frame):
         if stop.is_set():  # a second signal: stop now
             raise KeyboardInterrupt
@@ -236,8 +244,7 @@ def _install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, kafka_level: str) -> None:
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # kafka-python is chatty about every reconnect; its errors still show
-    logging.getLogger("kafka").setLevel(logging.INFO if level == "DEBUG" else logging.ERROR)
+    logging.getLogger("kafka").setLevel(getattr(logging, kafka_level))

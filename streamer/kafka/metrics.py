@@ -20,6 +20,7 @@ ERROR_KINDS = (
     "restore",          # reading the changelog failed
     "changelog_record",  # an unreadable changelog record (skipped)
     "listener",         # a rebalance callback failed
+    "group",            # the consumer stayed outside a stable group too long and was replaced
 )
 REBALANCE_EVENTS = ("assigned", "revoked", "lost")
 CHECKPOINT_OUTCOMES = ("ok", "failed")

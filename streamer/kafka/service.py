@@ -38,7 +38,7 @@ import numpy as np
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import (AuthorizationError, KafkaConfigurationError, KafkaError, SaslAuthenticationFailedError,
                           UnsupportedVersionError)
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
 from streamer.errors import UserError
 from streamer.kafka.checkpoint import Checkpoint
@@ -180,6 +180,8 @@ class KafkaService:
         self._positions: dict[int, int] = {}  # next offset to process, per active partition
         self._committed: dict[int, int] = {}  # last committed offset we know of
         self._needs_recovery = False
+        self._resetting = False  # replacing a stuck consumer: callbacks do nothing
+        self._unstable_since: float | None = None
         self._last_lag = 0.0
         self.totals = {"polls": 0, "messages": 0, "records": 0, "dead_letters": 0, "checkpoints": 0,
                        "recoveries": 0}
@@ -213,6 +215,7 @@ class KafkaService:
                     if now - self._last_lag >= 1.0:
                         self._last_lag = now
                         self._update_lag()
+                        self._watch_group(now)
                     backoff.reset()
                 except FATAL_ERRORS:
                     raise
@@ -243,10 +246,51 @@ class KafkaService:
         if not retrying(make, stop, self.metrics, "connecting to Kafka"):
             self._close_clients()
             return False
-        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        if not retrying(self._subscribe, stop, self.metrics, "subscribing"):
+            self._close_clients()
+            return False
         log.info("joining group %s on %s (exactly-once: %s)", self.clients.tuning.group_id, self.topic,
                  "on" if self.settings.exactly_once else "off")
         return True
+
+    def _subscribe(self) -> bool:
+        # Know the topic's partitions before the first join: a leader that assigns without them rejoins at
+        # once when they arrive, and kafka-python 3.0.12 can lose such a metadata-triggered rejoin when it
+        # spans several poll() calls (the member stays "rebalancing" with heartbeats off; see _watch_group).
+        self.consumer.partitions_for_topic(self.topic)
+        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        return True
+
+    def _watch_group(self, now: float) -> None:
+        """Replace a consumer that stays outside a stable group longer than any rebalance may take (the
+        broker's rebalance timeout is our max.poll.interval.ms): it is stuck, and the group has moved on."""
+        if self.consumer.group_metadata().state == MemberState.STABLE:
+            self._unstable_since = None
+            return
+        if self._unstable_since is None:
+            self._unstable_since = now
+            return
+        t = self.clients.tuning
+        if now - self._unstable_since < (t.max_poll_interval_ms + t.session_timeout_ms) / 1000:
+            return
+        log.error("the consumer has not been a stable group member for %.0fs; replacing it", now - self._unstable_since)
+        self.metrics.error("group")
+        self._unstable_since = None
+        with self._lock:
+            self._resetting = True
+            self._drop(self._owned | self._active | self._pending | self._suspended)
+            self._owned = set()
+            self._suspended.clear()
+            self.metrics.assigned_partitions.set(0)
+            self._abandon_producer()  # aborts an open transaction through the new producer's init
+        try:
+            self.consumer.close()
+        except Exception as exc:  # noqa: BLE001
+            log.debug("closing the stuck consumer: %s", exc)
+        finally:
+            self._resetting = False
+        self.consumer = self.clients.consumer()
+        self._subscribe()
 
     def _shutdown(self) -> None:
         if self.consumer is None:
@@ -353,6 +397,8 @@ class KafkaService:
         """Checkpoint before giving partitions up. Returns the offsets still to commit (at-least-once),
         or None when there is nothing more to do."""
         with self._lock:
+            if self._resetting:
+                return None
             self.metrics.rebalances.labels("revoked").inc()
             parts = {tp.partition for tp in revoked if tp.topic == self.topic}
             log.info("partitions %s revoked", sorted(parts))
@@ -384,6 +430,8 @@ class KafkaService:
 
     def revoke_done(self, offsets: dict, committed: bool) -> None:
         with self._lock:
+            if self._resetting:
+                return
             if committed:
                 self._committed.update({tp.partition: om.offset for tp, om in offsets.items()})
                 self.checkpoint.offsets_committed()
@@ -396,6 +444,8 @@ class KafkaService:
 
     def assigned(self, assigned) -> None:
         with self._lock:
+            if self._resetting:
+                return
             try:
                 self.metrics.rebalances.labels("assigned").inc()
                 new = {tp.partition for tp in assigned if tp.topic == self.topic}
@@ -424,6 +474,8 @@ class KafkaService:
 
     def lost(self, lost) -> None:
         with self._lock:
+            if self._resetting:
+                return
             self.metrics.rebalances.labels("lost").inc()
             parts = {tp.partition for tp in lost if tp.topic == self.topic}
             log.warning("partitions %s lost (forced out of the group): dropping their state unwritten", sorted(parts))
