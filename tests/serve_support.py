@@ -279,8 +279,12 @@ class Serve:
             self.proc.send_signal(signal.SIGTERM)
         return self.wait(timeout_s)
 
-    def kill(self) -> None:
+    def kill(self, dump: bool = True) -> None:
+        """SIGKILL (with `dump`, after a SIGUSR1 thread dump into the log if it is still running)."""
         if self.proc.poll() is None:
+            if dump:
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(0.3)
             self.proc.kill()
         self.proc.wait(30)
         self._log.close()
@@ -294,3 +298,45 @@ class Serve:
                 self.proc.wait(10)
             self._log.close()
         return rc
+
+
+class Feeder:
+    """Produces the events of `seqs` step by step in a background thread (`step_delay` between steps),
+    like live streams; the producer rides out broker outages (it buffers and retries)."""
+
+    def __init__(self, bootstrap: str, topic: str, seqs: dict[str, np.ndarray], step_delay: float = 0.05,
+                 end: bool = False):
+        import threading
+
+        self.bootstrap, self.topic, self.seqs = bootstrap, topic, seqs
+        self.step_delay, self.end = step_delay, end
+        self.error: BaseException | None = None
+        self.sent = 0
+        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
+
+    def start(self) -> "Feeder":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        from kafka import KafkaProducer
+
+        try:
+            producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2,
+                                     delivery_timeout_ms=300000, max_block_ms=120000)
+            longest = max(len(x) for x in self.seqs.values())
+            for step in range(longest):
+                for key, value in event_messages(self.seqs, step, step + 1, end=self.end):
+                    producer.send(self.topic, key=key, value=value)
+                    self.sent += 1
+                time.sleep(self.step_delay)
+            producer.flush()
+            producer.close()
+        except BaseException as exc:  # noqa: BLE001 - reported by join()
+            self.error = exc
+
+    def join(self, timeout_s: float = 180.0) -> None:
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "the feeder did not finish"
+        if self.error is not None:
+            raise self.error

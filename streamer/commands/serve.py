@@ -108,8 +108,9 @@ def register(subparsers) -> None:
                         "[STREAMER_CHECKPOINT_INTERVAL]")
     g.add_argument("--checkpoint-timeout", type=_seconds, metavar="SECONDS",
                    default=env_default("checkpoint_timeout", 30.0, _seconds),
-                   help="longest wait for the broker to acknowledge a checkpoint before rewinding to the "
-                        "previous one (default 30) [STREAMER_CHECKPOINT_TIMEOUT]")
+                   help="how long a produced record may wait for the broker (delivery.timeout.ms) before the "
+                        "checkpoint fails and serve rewinds to the previous one; longer broker outages are "
+                        "ridden out that way (default 30) [STREAMER_CHECKPOINT_TIMEOUT]")
     g.add_argument("--on-model-change", choices=MODEL_CHANGE_POLICIES,
                    default=env_default("on_model_change", "reset"),
                    help="checkpointed state made by another model version: reset (default: start those streams "
@@ -146,10 +147,10 @@ def register(subparsers) -> None:
                         "[STREAMER_COMPRESSION]")
     g.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                    default=env_default("log_level", "INFO"), help="default INFO [STREAMER_LOG_LEVEL]")
-    g.add_argument("--kafka-log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                   default=env_default("kafka_log_level", "ERROR"),
-                   help="kafka-python's own logging (it reports every reconnect at WARNING); default ERROR "
-                        "[STREAMER_KAFKA_LOG_LEVEL]")
+    g.add_argument("--kafka-log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                   default=env_default("kafka_log_level", "CRITICAL"),
+                   help="kafka-python's own logging (it logs every failed reconnect as an ERROR; serve reports "
+                        "what matters itself); default CRITICAL [STREAMER_KAFKA_LOG_LEVEL]")
     add_engine_options(p)
     add_metrics_options(p, default_port=DEFAULT_METRICS_PORT)
     p.set_defaults(func=run)
@@ -179,12 +180,12 @@ def run(args) -> int:
         group_id=args.group_id, max_poll_records=args.poll_max_records, session_timeout_ms=args.session_timeout_ms,
         heartbeat_interval_ms=args.heartbeat_interval_ms, max_poll_interval_ms=args.max_poll_interval_ms,
         auto_offset_reset=args.auto_offset_reset, linger_ms=args.linger_ms, compression=args.compression,
-        exactly_once=args.exactly_once,
+        exactly_once=args.exactly_once, delivery_timeout_ms=int(args.checkpoint_timeout * 1000),
         transactional_id=args.transactional_id or default_transactional_id(args.group_id, topics.input),
         transaction_timeout_ms=args.transaction_timeout_ms)
     settings = ServeSettings(
         topics=topics, exactly_once=args.exactly_once, checkpoint_interval_s=args.checkpoint_interval,
-        checkpoint_timeout_s=args.checkpoint_timeout, poll_timeout_ms=args.poll_timeout_ms,
+        poll_timeout_ms=args.poll_timeout_ms,
         max_poll_records=args.poll_max_records, on_model_change=args.on_model_change)
 
     model = load_step_model(args.model)

@@ -20,9 +20,11 @@ a checkpoint adds the changelog records (tombstones and states), flushes, adds t
 ``send_offsets_to_transaction(offsets, consumer.group_metadata())`` and commits. Predictions, dead
 letters, changelog and offsets become visible together or not at all.
 
-Any failure raises; the caller then rewinds (see `streamer.kafka.service`): a new producer (the
-unacknowledged records are dropped, an open transaction is aborted), the state reloaded from the
-changelog, the input re-read from the committed offsets.
+Any failure raises; the caller then rewinds (see `streamer.kafka.service`): a new producer (an open
+transaction is aborted), the state reloaded from the changelog, the input re-read from the committed
+offsets. Flushes wait for every record to be acknowledged or failed, which the producer's
+delivery.timeout.ms bounds (``--checkpoint-timeout``), so no record of a failed checkpoint can land
+later, after someone else has taken its partition over.
 """
 
 from __future__ import annotations
@@ -50,12 +52,13 @@ class Checkpoint:
     """
 
     def __init__(self, producer, changelog_topic: str, *, exactly_once: bool, metrics=None,
-                 flush_timeout_s: float = 30.0):
+                 flush_timeout_s: float | None = None):
         self.producer = producer
         self.changelog_topic = changelog_topic
         self.exactly_once = exactly_once
         self.metrics = metrics
-        self.flush_timeout_s = flush_timeout_s
+        self.flush_timeout_s = flush_timeout_s  # a safety net beyond delivery.timeout.ms
+        self.closed = False  # the producer was closed after a failure (the service replaces it)
         self._failure: BaseException | None = None
         self._txn_open = False
         self._sent = 0  # records sent since the last checkpoint
@@ -171,7 +174,8 @@ class Checkpoint:
             self.metrics.transactions.labels("committed").inc()
 
     def flush(self) -> None:
-        """Wait until every record sent so far is acknowledged; raise if one was not."""
+        """Wait until every record sent so far is acknowledged or failed (delivery.timeout.ms bounds
+        this); raise if one failed."""
         t0 = time.perf_counter()
         try:
             self.producer.flush(timeout=self.flush_timeout_s)
@@ -186,6 +190,14 @@ class Checkpoint:
         log.debug("flush took %.1f ms", 1000 * (time.perf_counter() - t0))
 
     # ------------------------------------------------------------------ failures and partitions
+
+    def settle(self) -> None:
+        """Let every record in flight resolve (acknowledged or failed), ignoring the outcome: after a
+        failed checkpoint, before the producer is closed, so that nothing it holds lands later."""
+        try:
+            self.producer.flush(timeout=self.flush_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - only the waiting matters here
+            log.debug("settle: %s", exc)
 
     def abort(self) -> None:
         """Exactly-once: abort the open transaction (its records are never visible). Raises on failure."""

@@ -80,7 +80,8 @@ class Connection:
     def client_kwargs(self) -> dict:
         """The kafka-python keyword arguments shared by consumers, producers and the admin client."""
         kw: dict = {"bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
-                    "client_id": self.client_id, "security_protocol": self.security_protocol}
+                    "client_id": self.client_id, "security_protocol": self.security_protocol,
+                    "reconnect_backoff_max_ms": 2000}  # back within 2 s of a broker's return
         if self.security_protocol.endswith("SSL"):
             kw.update(ssl_cafile=self.ssl_cafile, ssl_certfile=self.ssl_certfile, ssl_keyfile=self.ssl_keyfile,
                       ssl_password=self.ssl_key_password, ssl_check_hostname=self.ssl_check_hostname)
@@ -107,6 +108,7 @@ class ClientTuning:
     transactional_id: str | None = None
     transaction_timeout_ms: int = 10000
     request_timeout_ms: int = 30000
+    delivery_timeout_ms: int = 30000  # a produced record is acknowledged or failed within this
 
     def consumer_kwargs(self, conn: Connection) -> dict:
         """The group consumer of the input topic: manual commits, read_committed under exactly-once."""
@@ -127,8 +129,10 @@ class ClientTuning:
     def producer_kwargs(self, conn: Connection) -> dict:
         """Idempotent producer (acks=all) for predictions, dead letters and changelog records;
         transactional under exactly-once."""
+        request_timeout = max(1000, min(self.request_timeout_ms, self.delivery_timeout_ms - self.linger_ms - 1000))
         kw = {**conn.client_kwargs(), "acks": "all", "enable_idempotence": True, "linger_ms": self.linger_ms,
-              "batch_size": self.batch_bytes, "request_timeout_ms": self.request_timeout_ms,
+              "batch_size": self.batch_bytes, "request_timeout_ms": request_timeout,
+              "delivery_timeout_ms": max(self.delivery_timeout_ms, request_timeout + self.linger_ms),
               "compression_type": None if self.compression == "none" else self.compression,
               "max_request_size": 8 << 20, "allow_auto_create_topics": False}
         if self.exactly_once:

@@ -38,6 +38,9 @@ class KafkaMetrics:
         self.registry = registry
         self.consumer_lag = Gauge("streamer_kafka_consumer_lag_records", "Input records not yet processed, per "
                                   "assigned partition (high watermark minus next offset)", ["partition"], registry=r)
+        self.connections = Gauge("streamer_kafka_connections", "Open connections of the group consumer to the "
+                                 "brokers (0: the brokers are unreachable; counted once per outage as "
+                                 "streamer_kafka_errors_total{kind=\"connect\"})", registry=r)
         self.assigned_partitions = Gauge("streamer_kafka_assigned_partitions", "Input partitions owned by this "
                                          "instance", registry=r)
         self.checkpoints = Counter("streamer_kafka_checkpoints_total", "Checkpoints (changelog + offsets, or one "

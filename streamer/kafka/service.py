@@ -58,7 +58,6 @@ class ServeSettings:
     topics: Topics
     exactly_once: bool = False
     checkpoint_interval_s: float = 1.0
-    checkpoint_timeout_s: float = 30.0
     poll_timeout_ms: int = 100
     max_poll_records: int = 1000
     on_model_change: str = "reset"
@@ -76,6 +75,9 @@ class KafkaClients:
     def consumer(self):
         from kafka import KafkaConsumer
 
+        from streamer.kafka import compat
+
+        compat.apply()  # kafka-python 3.0.x can lose a group join that spans two polls
         return KafkaConsumer(**self.tuning.consumer_kwargs(self.connection))
 
     def producer(self):
@@ -182,6 +184,7 @@ class KafkaService:
         self._needs_recovery = False
         self._resetting = False  # replacing a stuck consumer: callbacks do nothing
         self._unstable_since: float | None = None
+        self._disconnected_since: float | None = None
         self._last_lag = 0.0
         self.totals = {"polls": 0, "messages": 0, "records": 0, "dead_letters": 0, "checkpoints": 0,
                        "recoveries": 0}
@@ -195,6 +198,10 @@ class KafkaService:
         s = self.settings
         backoff = Backoff()
         last_checkpoint = time.monotonic()
+        watcher_stop = threading.Event()
+        watcher = threading.Thread(target=self._watch_connections, args=(watcher_stop,), name="kafka-watch",
+                                   daemon=True)
+        watcher.start()
         try:
             while not stop.is_set():
                 try:
@@ -227,6 +234,8 @@ class KafkaService:
                                 type(exc).__name__, exc, delay)
                     stop.wait(delay)
         finally:
+            watcher_stop.set()
+            watcher.join(5)
             self._shutdown()
 
     def _connect(self, stop: threading.Event) -> bool:
@@ -236,7 +245,7 @@ class KafkaService:
             if self.checkpoint is None:
                 self.checkpoint = Checkpoint(self.clients.producer(), self.settings.topics.changelog,
                                              exactly_once=self.settings.exactly_once, metrics=self.metrics,
-                                             flush_timeout_s=self.settings.checkpoint_timeout_s)
+                                             flush_timeout_s=self.clients.tuning.delivery_timeout_ms / 1000 + 15)
             if self.restorer is None:
                 self.restorer = Restorer(self.clients.reader(), self.settings.topics.changelog,
                                          on_model_change=self.settings.on_model_change, metrics=self.metrics,
@@ -260,6 +269,27 @@ class KafkaService:
         self.consumer.partitions_for_topic(self.topic)
         self.consumer.subscribe([self.topic], listener=_Listener(self))
         return True
+
+    def _watch_connections(self, stop: threading.Event) -> None:
+        """Thread: export the consumer's connection count each second (the main thread may be waiting on
+        the broker); a drop to none is a broker outage: counted once and logged."""
+        while not stop.wait(1.0):
+            consumer = self.consumer
+            try:
+                count = consumer.metrics().get("consumer-metrics", {}).get("connection-count")
+            except Exception:  # noqa: BLE001 - closed or being replaced
+                continue
+            if count is None:
+                continue
+            self.metrics.connections.set(count)
+            now = time.monotonic()
+            if count == 0 and self._disconnected_since is None:
+                self._disconnected_since = now
+                self.metrics.error("connect")
+                log.warning("no connection to any broker; retrying (processing resumes when they are back)")
+            elif count > 0 and self._disconnected_since is not None:
+                log.info("brokers reachable again after %.1fs", now - self._disconnected_since)
+                self._disconnected_since = None
 
     def _watch_group(self, now: float) -> None:
         """Replace a consumer that stays outside a stable group longer than any rebalance may take (the
@@ -500,13 +530,24 @@ class KafkaService:
         self._pending -= set(partitions)
 
     def _abandon_producer(self) -> None:
-        """Drop the records in flight (none may land late) and ask the main loop for a new producer."""
+        """Let the records in flight resolve (none may land later), close the producer and ask the main
+        loop for a new one."""
+        self._close_producer()
+        self._needs_recovery = True
+
+    def _close_producer(self) -> None:
+        cp = self.checkpoint
+        cp.settle()
         try:
-            self.checkpoint.producer.close(timeout=0)
+            cp.abort()
+        except Exception as exc:  # noqa: BLE001 - the next producer's init_transactions aborts it anyway
+            log.debug("abort: %s", exc)
+        try:
+            cp.producer.close(timeout=5)
         except Exception as exc:  # noqa: BLE001
             log.debug("closing the producer: %s", exc)
-        self.checkpoint.discard()
-        self._needs_recovery = True
+        cp.discard()
+        cp.closed = True
 
     # ------------------------------------------------------------------ restore and recovery (main thread)
 
@@ -529,16 +570,10 @@ class KafkaService:
             self.metrics.recoveries.inc()
             self.totals["recoveries"] += 1
             cp = self.checkpoint
-            try:
-                cp.abort()
-            except Exception as exc:  # noqa: BLE001 - the new producer's init_transactions aborts it anyway
-                log.debug("abort: %s", exc)
-            try:
-                cp.producer.close(timeout=0)
-            except Exception as exc:  # noqa: BLE001
-                log.debug("closing the producer: %s", exc)
-            cp.discard()
+            if not cp.closed:
+                self._close_producer()
             cp.producer = self.clients.producer()
+            cp.closed = False
             cp.write_tombstones()
             owned = sorted(self._owned)
             self._drop(set(owned) | self._suspended)
