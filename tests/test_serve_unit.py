@@ -24,9 +24,9 @@ class _Future:
     def __init__(self, log, error=None):
         self._error = error
 
-    def add_errback(self, fn):
+    def add_errback(self, fn, *args):
         if self._error is not None:
-            fn(self._error)
+            fn(*args, self._error)
         return self
 
 

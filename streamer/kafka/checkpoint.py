@@ -29,6 +29,7 @@ later, after someone else has taken its partition over.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Callable
@@ -59,7 +60,9 @@ class Checkpoint:
         self.metrics = metrics
         self.flush_timeout_s = flush_timeout_s  # a safety net beyond delivery.timeout.ms
         self.closed = False  # the producer was closed after a failure (the service replaces it)
+        self.stuck = False  # a flush outlived delivery.timeout.ms: its records will not resolve
         self._failure: BaseException | None = None
+        self._generation = 0  # bumped when the records in flight are forgotten: their late errors are too
         self._txn_open = False
         self._sent = 0  # records sent since the last checkpoint
         # at-least-once tombstones: stream id -> partition
@@ -74,7 +77,7 @@ class Checkpoint:
             self.producer.begin_transaction()
             self._txn_open = True
         future = self.producer.send(topic, value=value, key=key, partition=partition)
-        future.add_errback(self._on_error)
+        future.add_errback(self._on_error, self._generation)
         self._sent += 1
 
     def send_many(self, topic: str, keys: list[bytes], values: list[bytes]) -> None:
@@ -85,13 +88,13 @@ class Checkpoint:
             self.producer.begin_transaction()
             self._txn_open = True
         send = self.producer.send
-        on_error = self._on_error
+        on_error = functools.partial(self._on_error, self._generation)
         for key, value in zip(keys, values):
             send(topic, value=value, key=key).add_errback(on_error)
         self._sent += len(keys)
 
-    def _on_error(self, exc: BaseException) -> None:  # runs on the producer's sender thread
-        if self._failure is None:
+    def _on_error(self, generation: int, exc: BaseException) -> None:  # runs on the producer's sender thread
+        if self._failure is None and generation == self._generation:
             self._failure = exc
 
     def pending_work(self) -> bool:
@@ -180,6 +183,8 @@ class Checkpoint:
         try:
             self.producer.flush(timeout=self.flush_timeout_s)
         except KafkaTimeoutError:
+            # kafka-python 3.0.12 can leave batches neither acknowledged nor expired after a broker restart
+            self.stuck = True
             self._count_error("flush")
             raise
         if self._failure is not None:
@@ -194,6 +199,8 @@ class Checkpoint:
     def settle(self) -> None:
         """Let every record in flight resolve (acknowledged or failed), ignoring the outcome: after a
         failed checkpoint, before the producer is closed, so that nothing it holds lands later."""
+        if self.stuck:
+            return
         try:
             self.producer.flush(timeout=self.flush_timeout_s)
         except Exception as exc:  # noqa: BLE001 - only the waiting matters here
@@ -213,6 +220,7 @@ class Checkpoint:
         """Forget records in flight (the producer is being replaced); the tombstones awaiting a commit
         go too: their streams' end events will be replayed and free them again."""
         self._failure = None
+        self._generation += 1
         self._sent = 0
         self._txn_open = False
         self._awaiting.clear()

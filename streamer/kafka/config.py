@@ -127,10 +127,16 @@ class ClientTuning:
                 "request_timeout_ms": self.request_timeout_ms, "allow_auto_create_topics": False}
 
     def producer_kwargs(self, conn: Connection) -> dict:
-        """Idempotent producer (acks=all) for predictions, dead letters and changelog records;
-        transactional under exactly-once."""
+        """The producer of predictions, dead letters and changelog records (acks=all).
+
+        Exactly-once: transactional (hence idempotent). At-least-once: not idempotent, one request in
+        flight per broker so retries cannot reorder a partition's records. kafka-python 3.0.12's
+        idempotent producer can stop for good after a broker restart (it loses its producer-id request
+        and then neither sends nor expires its batches); duplicates from retries are harmless here
+        (predictions are at-least-once, a changelog record rewritten is the same record)."""
         request_timeout = max(1000, min(self.request_timeout_ms, self.delivery_timeout_ms - self.linger_ms - 1000))
-        kw = {**conn.client_kwargs(), "acks": "all", "enable_idempotence": True, "linger_ms": self.linger_ms,
+        kw = {**conn.client_kwargs(), "acks": "all", "enable_idempotence": self.exactly_once,
+              "max_in_flight_requests_per_connection": 5 if self.exactly_once else 1, "linger_ms": self.linger_ms,
               "batch_size": self.batch_bytes, "request_timeout_ms": request_timeout,
               "delivery_timeout_ms": max(self.delivery_timeout_ms, request_timeout + self.linger_ms),
               "compression_type": None if self.compression == "none" else self.compression,

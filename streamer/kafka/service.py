@@ -185,6 +185,7 @@ class KafkaService:
         self._resetting = False  # replacing a stuck consumer: callbacks do nothing
         self._unstable_since: float | None = None
         self._disconnected_since: float | None = None
+        self._abandoned: list = []  # producers whose records never resolved (closing them would block)
         self._last_lag = 0.0
         self.totals = {"polls": 0, "messages": 0, "records": 0, "dead_letters": 0, "checkpoints": 0,
                        "recoveries": 0}
@@ -245,7 +246,7 @@ class KafkaService:
             if self.checkpoint is None:
                 self.checkpoint = Checkpoint(self.clients.producer(), self.settings.topics.changelog,
                                              exactly_once=self.settings.exactly_once, metrics=self.metrics,
-                                             flush_timeout_s=self.clients.tuning.delivery_timeout_ms / 1000 + 15)
+                                             flush_timeout_s=self.clients.tuning.delivery_timeout_ms / 1000 + 5)
             if self.restorer is None:
                 self.restorer = Restorer(self.clients.reader(), self.settings.topics.changelog,
                                          on_model_change=self.settings.on_model_change, metrics=self.metrics,
@@ -538,16 +539,20 @@ class KafkaService:
     def _close_producer(self) -> None:
         cp = self.checkpoint
         cp.settle()
-        try:
-            cp.abort()
-        except Exception as exc:  # noqa: BLE001 - the next producer's init_transactions aborts it anyway
-            log.debug("abort: %s", exc)
-        try:
-            cp.producer.close(timeout=5)
-        except Exception as exc:  # noqa: BLE001
-            log.debug("closing the producer: %s", exc)
+        if cp.stuck:  # its sender keeps retrying what never resolves; keep it from close() in __del__
+            self._abandoned = (self._abandoned + [cp.producer])[-4:]
+        else:
+            try:
+                cp.abort()
+            except Exception as exc:  # noqa: BLE001 - the next producer's init_transactions aborts it anyway
+                log.debug("abort: %s", exc)
+            try:
+                cp.producer.close(timeout=5)
+            except Exception as exc:  # noqa: BLE001
+                log.debug("closing the producer: %s", exc)
         cp.discard()
         cp.closed = True
+        cp.stuck = False
 
     # ------------------------------------------------------------------ restore and recovery (main thread)
 
