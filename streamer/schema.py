@@ -35,8 +35,9 @@ import base64
 import json
 import math
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 from json.scanner import make_scanner
+from operator import itemgetter
 from typing import Any, Sequence
 
 import numpy as np
@@ -190,53 +191,19 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
            partitions: Sequence[int] | np.ndarray | None = None) -> tuple[Events, list[Rejection]]:
     """Parse and validate a poll of raw messages into `Events` plus one `Rejection` per bad message.
 
-    This is the hot path: one json.loads and a handful of type checks per message, then one
-    numpy conversion and one finiteness check for the whole poll.
+    This is the hot path. Every message is parsed once; then the usual shape (one step of F numbers,
+    the optional fields plain) is validated for the whole poll at once, field by field over columns
+    (`_decode_bulk`). A message that fails any of those checks -- or is not bytes, not UTF-8, not one
+    JSON object, a chunk... -- goes through the careful per-message checks (`_decode_one`), which give
+    its dead letter's code and detail. One numpy conversion and one finiteness check cover the poll.
     """
-    loads = _loads
-    number_types = _NUMBER_TYPES
+    bulk, careful = _decode_bulk(messages, feature_size, max_message_bytes)
     rejected: list[Rejection] = []
     meta: list[tuple] = []  # (stream_id, step, count, chunk, reset, end, ts, index) per valid event
     rows: list = []
-    for i, raw in enumerate(messages):
+    for i in careful:
         try:
-            if type(raw) is not bytes and type(raw) is not str:
-                raw = _as_bytes(raw)
-            size = len(raw) if type(raw) is bytes else len(raw.encode("utf-8", "surrogatepass"))
-            if size > max_message_bytes:
-                raise EventError(MESSAGE_TOO_LARGE, f"message exceeds the limit of {max_message_bytes} bytes "
-                                                    "(--max-message-bytes)")
-            try:
-                obj = loads(raw.decode("utf-8") if type(raw) is bytes else raw)
-            except UnicodeDecodeError as exc:
-                raise EventError(INVALID_UTF8, f"message is not valid UTF-8 ({exc.reason} at byte {exc.start})")
-            except (ValueError, RecursionError) as exc:
-                raise EventError(INVALID_JSON, f"message is not valid JSON ({str(exc)[:120]})")
-            if type(obj) is not dict:
-                raise EventError(NOT_AN_OBJECT, f"message must be a JSON object, got {type(obj).__name__}")
-            sid = obj.get("stream_id")
-            if type(sid) is not str or not 0 < len(sid) <= MAX_STREAM_ID_CHARS:
-                if sid is None:
-                    raise EventError(MISSING_STREAM_ID, "'stream_id' is missing")
-                raise EventError(INVALID_STREAM_ID, f"'stream_id' must be a non-empty string of at most "
-                                                    f"{MAX_STREAM_ID_CHARS} characters, got {_short(sid)}")
-            feats = obj.get("features")
-            # the common case inline: one step of F plain numbers
-            if type(feats) is list and len(feats) == feature_size and set(map(type, feats)) <= number_types:
-                is_chunk, k = False, 1
-            else:
-                is_chunk, k = _check_features(feats, feature_size)
-            step = obj.get("step")
-            if step is None:
-                step = -1
-            elif type(step) is not int or not 0 <= step <= MAX_STEP - k + 1:
-                raise EventError(INVALID_STEP, f"'step' must be an integer from 0 to {MAX_STEP}, got {_short(step)}")
-            reset = _check_flag(obj, "reset", INVALID_RESET) if "reset" in obj else False
-            end = _check_flag(obj, "end", INVALID_END) if "end" in obj else False
-            ts = obj.get("ts")
-            if ts is not None and (type(ts) not in _TS_TYPES or not 0 <= ts <= MAX_TS):
-                raise EventError(INVALID_TS, f"'ts' must be epoch milliseconds, a number from 0 to {MAX_TS}, "
-                                             f"got {_short(ts)}")
+            sid, step, k, is_chunk, reset, end, ts, feats = _decode_one(messages[i], feature_size, max_message_bytes)
         except EventError as exc:
             rejected.append(Rejection(i, exc.code, exc.detail))
             continue
@@ -245,28 +212,239 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
             rows.extend(feats)
         else:
             rows.append(feats)
-    sids, steps, counts, chunks, resets, ends, tss, index = zip(*meta) if meta else ((),) * 8
-    events = Events(
-        stream_ids=list(sids),
-        steps=np.array(steps, dtype=np.int64),
-        counts=np.array(counts, dtype=np.int64),
-        chunk=np.array(chunks, dtype=bool),
-        reset=np.array(resets, dtype=bool),
-        end=np.array(ends, dtype=bool),
-        ts=list(tss),
-        features=_to_float32(rows, feature_size),
-        index=np.array(index, dtype=np.int64),
-    )
+    if bulk is None or meta:
+        sids, steps, counts, chunks, resets, ends, tss, index = zip(*meta) if meta else ((),) * 8
+        events = Events(
+            stream_ids=list(sids),
+            steps=np.array(steps, dtype=np.int64),
+            counts=np.array(counts, dtype=np.int64),
+            chunk=np.array(chunks, dtype=bool),
+            reset=np.array(resets, dtype=bool),
+            end=np.array(ends, dtype=bool),
+            ts=list(tss),
+            features=_to_float32(rows, feature_size),
+            index=np.array(index, dtype=np.int64),
+        )
+        if bulk is not None:
+            events = _merge(bulk, events)
+    else:
+        events = bulk
     bad = _non_finite_events(events)
     if bad is not None:
         for e in np.flatnonzero(bad):
             rejected.append(Rejection(int(events.index[e]), NON_FINITE_FEATURES,
                                       "features must be finite float32 numbers (no NaN, Infinity or overflow)"))
         events = select(events, ~bad)
-        rejected.sort(key=lambda r: r.index)
+    rejected.sort(key=lambda r: r.index)
     if partitions is not None:
         events.partitions = np.asarray(partitions, dtype=np.int64)[events.index]
     return events, rejected
+
+
+def _decode_one(raw: Any, feature_size: int, max_message_bytes: int) -> tuple:
+    """The careful checks of one message, in the order of `SCHEMA_ERROR_CODES` (finiteness aside):
+    (stream_id, step, count, is_chunk, reset, end, ts, features) or EventError."""
+    if type(raw) is not bytes and type(raw) is not str:
+        raw = _as_bytes(raw)
+    size = len(raw) if type(raw) is bytes else len(raw.encode("utf-8", "surrogatepass"))
+    if size > max_message_bytes:
+        raise EventError(MESSAGE_TOO_LARGE, f"message exceeds the limit of {max_message_bytes} bytes "
+                                            "(--max-message-bytes)")
+    try:
+        obj = _loads(raw.decode("utf-8") if type(raw) is bytes else raw)
+    except UnicodeDecodeError as exc:
+        raise EventError(INVALID_UTF8, f"message is not valid UTF-8 ({exc.reason} at byte {exc.start})")
+    except (ValueError, RecursionError) as exc:
+        raise EventError(INVALID_JSON, f"message is not valid JSON ({str(exc)[:120]})")
+    if type(obj) is not dict:
+        raise EventError(NOT_AN_OBJECT, f"message must be a JSON object, got {type(obj).__name__}")
+    sid = obj.get("stream_id")
+    if type(sid) is not str or not 0 < len(sid) <= MAX_STREAM_ID_CHARS:
+        if sid is None:
+            raise EventError(MISSING_STREAM_ID, "'stream_id' is missing")
+        raise EventError(INVALID_STREAM_ID, f"'stream_id' must be a non-empty string of at most "
+                                            f"{MAX_STREAM_ID_CHARS} characters, got {_short(sid)}")
+    feats = obj.get("features")
+    is_chunk, k = _check_features(feats, feature_size)
+    step = obj.get("step")
+    if step is None:
+        step = -1
+    elif type(step) is not int or not 0 <= step <= MAX_STEP - k + 1:
+        raise EventError(INVALID_STEP, f"'step' must be an integer from 0 to {MAX_STEP}, got {_short(step)}")
+    reset = _check_flag(obj, "reset", INVALID_RESET) if "reset" in obj else False
+    end = _check_flag(obj, "end", INVALID_END) if "end" in obj else False
+    ts = obj.get("ts")
+    if ts is not None and (type(ts) not in _TS_TYPES or not 0 <= ts <= MAX_TS):
+        raise EventError(INVALID_TS, f"'ts' must be epoch milliseconds, a number from 0 to {MAX_TS}, "
+                                     f"got {_short(ts)}")
+    return sid, step, k, is_chunk, reset, end, ts, feats
+
+
+_BAD = object()  # a message the bulk path leaves to `_decode_one`
+_NONE = type(None)
+_STEP_TYPES = frozenset((int, _NONE))
+_FLAG_TYPES = frozenset((bool, _NONE))
+_TS_OR_NONE = frozenset((int, float, _NONE))
+
+
+def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int) -> tuple[Events | None, list[int]]:
+    """The well-formed single-step messages of a poll, validated column by column: (their `Events`
+    (finiteness not yet checked), the indices of every other message, for `_decode_one`).
+
+    Accepts a message only if `_decode_one` would accept it with the same values; anything unusual
+    is simply left to it. (None, all indices) when the poll does not suit the bulk path at all.
+    """
+    n = len(messages)
+    if n == 0 or feature_size < 1:
+        return None, list(range(n))
+    idx: list[int] | None = None  # the message index of each candidate; None: all, in order
+    careful: list[int] = []
+
+    def drop(keep: list, *cols: list) -> list[list]:
+        """Leave the candidates where `keep` is false to `_decode_one`; the columns, filtered."""
+        nonlocal idx
+        at = range(len(keep)) if idx is None else idx
+        careful.extend(i for i, k in zip(at, keep) if not k)
+        idx = [i for i, k in zip(at, keep) if k]
+        return [[v for v, k in zip(col, keep) if k] for col in cols]
+
+    # ---- parse: bytes of at most max_message_bytes, UTF-8, exactly one JSON object
+    msgs = messages if type(messages) is list else list(messages)
+    if set(map(type, msgs)) != {bytes}:
+        keep = [type(m) is bytes for m in msgs]
+        msgs, = drop(keep, msgs)
+    if max(map(len, msgs), default=0) > max_message_bytes:
+        keep = [len(m) <= max_message_bytes for m in msgs]
+        msgs, = drop(keep, msgs)
+    objs = _parse_many(msgs)
+    if set(map(type, objs)) != {dict}:
+        keep = [type(o) is dict for o in objs]
+        objs, = drop(keep, objs)
+    if not objs:
+        return None, sorted(careful)
+    get = dict.get
+    # ---- stream_id: a str of 1..MAX_STREAM_ID_CHARS characters
+    sids = list(map(get, objs, repeat("stream_id")))
+    if set(map(type, sids)) != {str} or min(map(len, sids)) < 1 or max(map(len, sids)) > MAX_STREAM_ID_CHARS:
+        keep = [type(s) is str and 0 < len(s) <= MAX_STREAM_ID_CHARS for s in sids]
+        objs, sids = drop(keep, objs, sids)
+    # ---- features: a list of exactly F numbers (int or float, not bool)
+    feats = list(map(get, objs, repeat("features")))
+    if set(map(type, feats)) != {list} or set(map(len, feats)) != {feature_size}:
+        keep = [type(f) is list and len(f) == feature_size for f in feats]
+        objs, sids, feats = drop(keep, objs, sids, feats)
+    if not set(map(type, chain.from_iterable(feats))) <= _NUMBER_TYPES:
+        keep = [set(map(type, f)) <= _NUMBER_TYPES for f in feats]
+        objs, sids, feats = drop(keep, objs, sids, feats)
+    # ---- step: absent/null, or an int 0..MAX_STEP
+    steps = list(map(get, objs, repeat("step")))
+    if steps.count(None) != len(steps):
+        present = [s for s in steps if s is not None]
+        if not set(map(type, steps)) <= _STEP_TYPES or min(present) < 0 or max(present) > MAX_STEP:
+            keep = [s is None or (type(s) is int and 0 <= s <= MAX_STEP) for s in steps]
+            objs, sids, feats, steps = drop(keep, objs, sids, feats, steps)
+    # ---- reset / end: absent/null or a JSON boolean
+    flags = []
+    for name in ("reset", "end"):
+        vals = list(map(get, objs, repeat(name)))
+        if vals.count(None) != len(vals) and not set(map(type, vals)) <= _FLAG_TYPES:
+            keep = [v is None or type(v) is bool for v in vals]
+            objs, sids, feats, steps, vals, *flags = drop(keep, objs, sids, feats, steps, vals, *flags)
+        flags.append(vals)
+    # ---- ts: absent/null or a number 0..MAX_TS
+    ts = list(map(get, objs, repeat("ts")))
+    if ts.count(None) != len(ts) and not _ts_column_ok(ts):
+        keep = [t is None or (type(t) in _TS_TYPES and 0 <= t <= MAX_TS) for t in ts]
+        objs, sids, feats, steps, ts, *flags = drop(keep, objs, sids, feats, steps, ts, *flags)
+    m = len(objs)
+    if m == 0:
+        return None, sorted(careful)
+    resets, ends = flags
+    if steps.count(None) == m:
+        step_arr = np.full(m, -1, np.int64)
+    elif steps.count(None) == 0:
+        step_arr = np.array(steps, dtype=np.int64)
+    else:
+        step_arr = np.array([-1 if s is None else s for s in steps], dtype=np.int64)
+    with np.errstate(over="ignore"):  # numbers beyond float32 become inf and are refused later
+        try:
+            x = np.array(list(chain.from_iterable(feats)), dtype=np.float32).reshape(m, feature_size)
+        except OverflowError:  # an integer beyond float64
+            x = _to_float32(feats, feature_size)
+    events = Events(
+        stream_ids=sids,
+        steps=step_arr,
+        counts=np.ones(m, np.int64),
+        chunk=np.zeros(m, dtype=bool),
+        reset=np.zeros(m, dtype=bool) if resets.count(True) == 0 else np.array([v is True for v in resets], dtype=bool),
+        end=np.zeros(m, dtype=bool) if ends.count(True) == 0 else np.array([v is True for v in ends], dtype=bool),
+        ts=ts,
+        features=x,
+        index=np.arange(m, dtype=np.int64) if idx is None else np.array(idx, dtype=np.int64),
+    )
+    return events, sorted(careful)
+
+
+def _ts_column_ok(ts: list) -> bool:
+    """Every ts None or a number 0..MAX_TS (the fast test of a column; False: check one by one)."""
+    if not set(map(type, ts)) <= _TS_OR_NONE:
+        return False
+    present = [t for t in ts if t is not None]
+    try:
+        if any(map(math.isnan, present)):
+            return False
+    except OverflowError:  # an integer beyond float64
+        return False
+    return min(present) >= 0 and max(present) <= MAX_TS  # exact comparisons, NaN excluded
+
+
+def _parse_many(msgs: list[bytes]) -> list:
+    """Each message parsed as one JSON value, or `_BAD` where `_loads` would not simply return one
+    (invalid UTF-8 or JSON, whitespace around it...): `_decode_one` then says why, or parses it."""
+    n = len(msgs)
+    try:
+        texts = list(map(bytes.decode, msgs))
+        pairs = list(map(_scan_json, texts, repeat(0, n)))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        pairs = None
+    if pairs is None or len(pairs) != n:  # an error, or a StopIteration that ended the map early
+        out = []
+        for raw in msgs:
+            try:
+                obj, end = _scan_json(raw.decode("utf-8"), 0)
+            except (UnicodeDecodeError, StopIteration, ValueError, RecursionError):
+                out.append(_BAD)
+                continue
+            out.append(obj if end == len(raw) else _BAD)  # an ASCII-only end is counted in bytes == chars
+        return out
+    objs = list(map(itemgetter(0), pairs))
+    if list(map(itemgetter(1), pairs)) != list(map(len, texts)):
+        objs = [o if e == len(t) else _BAD for o, (_, e), t in zip(objs, pairs, texts)]
+    return objs
+
+
+def _merge(a: Events, b: Events) -> Events:
+    """Two disjoint sets of events of one poll, merged back into message order."""
+    index = np.concatenate([a.index, b.index])
+    order = np.argsort(index, kind="stable")
+    counts = np.concatenate([a.counts, b.counts])
+    starts = np.cumsum(counts) - counts  # each event's first row in the concatenated features
+    c = counts[order]
+    row_order = np.repeat(starts[order] - (np.cumsum(c) - c), c) + np.arange(int(c.sum()))
+    ids = a.stream_ids + b.stream_ids
+    ts = a.ts + b.ts
+    take = order.tolist()
+    return Events(
+        stream_ids=[ids[e] for e in take],
+        steps=np.concatenate([a.steps, b.steps])[order],
+        counts=c,
+        chunk=np.concatenate([a.chunk, b.chunk])[order],
+        reset=np.concatenate([a.reset, b.reset])[order],
+        end=np.concatenate([a.end, b.end])[order],
+        ts=[ts[e] for e in take],
+        features=np.concatenate([a.features, b.features])[row_order],
+        index=index[order],
+    )
 
 
 def _loads(text: str) -> Any:

@@ -174,3 +174,102 @@ def test_error_codes_are_stable_snake_case_and_unique():
     assert len(set(schema.ERROR_CODES)) == len(schema.ERROR_CODES)
     for code in schema.ERROR_CODES:
         assert re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", code)
+
+
+# --------------------------------------------------------------------------- bulk path == careful path
+
+_ODD_VALUES = [None, True, False, 0, -1, 1, 2**53 - 1, 2**53, 2**53 + 1, 10**400, -0.0, 0.5, 1e300, "x", "",
+               [], [1], {}, "NaN", "Infinity", "-Infinity", "é", "a" * 256, "a" * 257]
+
+
+def _fuzz_message(rng) -> bytes:
+    """Mostly well-formed single steps, with every kind of damage now and then."""
+    sid = rng.choice(["s-1", "s-2", "s-3", "é-ü", "x" * 256])
+    obj: dict = {"stream_id": sid, "features": [round(float(v), 4) for v in rng.normal(0, 1, F)]}
+    if rng.random() < 0.5:
+        obj["step"] = int(rng.integers(0, 50))
+    if rng.random() < 0.3:
+        obj["ts"] = int(rng.integers(0, 2**41)) if rng.random() < 0.7 else float(rng.random() * 1e12)
+    for name in ("reset", "end"):
+        if rng.random() < 0.1:
+            obj[name] = bool(rng.random() < 0.5) if rng.random() < 0.8 else None
+    roll = rng.random()
+    if roll < 0.1:  # a chunk, sometimes ragged or of the wrong width
+        k = int(rng.integers(1, 4))
+        obj["features"] = [[float(v) for v in rng.normal(0, 1, F)] for _ in range(k)]
+        if rng.random() < 0.3:
+            obj["features"][-1] = obj["features"][-1][:-1]
+    elif roll < 0.35:  # one field gets an odd value, or goes missing
+        name = rng.choice(["stream_id", "features", "step", "reset", "end", "ts"])
+        value = _ODD_VALUES[int(rng.integers(len(_ODD_VALUES)))]
+        if rng.random() < 0.15:
+            obj.pop(name, None)
+        elif name == "features" and rng.random() < 0.5:
+            obj["features"][int(rng.integers(F))] = value  # one feature odd
+        else:
+            obj[name] = value
+    text = json.dumps(obj, ensure_ascii=bool(rng.random() < 0.5))
+    text = text.replace('"NaN"', "NaN").replace('"Infinity"', "Infinity").replace('"-Infinity"', "-Infinity")
+    raw = text.encode()
+    roll = rng.random()
+    if roll < 0.03:
+        raw = b" " + raw
+    elif roll < 0.06:
+        raw = raw + b" \n"
+    elif roll < 0.08:
+        raw = raw + b"x"
+    elif roll < 0.10:
+        raw = raw[: int(rng.integers(len(raw)))]
+    elif roll < 0.11:
+        raw = raw.replace(b"s-", b"\xff-")
+    elif roll < 0.12:
+        raw = b"[" + raw + b"]"
+    elif roll < 0.13:
+        raw = raw + b" " * LIMIT
+    return raw
+
+
+def _same_decode(got, want) -> None:
+    (ev, rej), (ev_ref, rej_ref) = got, want
+    assert rej == rej_ref
+    assert ev.stream_ids == ev_ref.stream_ids
+    assert [(type(t), t) for t in ev.ts] == [(type(t), t) for t in ev_ref.ts]
+    for name in ("steps", "counts", "chunk", "reset", "end", "index"):
+        a, b = getattr(ev, name), getattr(ev_ref, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    assert ev.features.shape == ev_ref.features.shape and ev.features.dtype == np.float32
+    assert ev.features.tobytes() == ev_ref.features.tobytes()  # bit for bit
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bulk_decode_equals_careful_decode_on_a_fuzzed_corpus(seed):
+    """Bytes polls take the column-wise bulk path; bytearrays are checked one by one (`_decode_one`).
+    Both must give the same events and the same dead letters, whatever the mix."""
+    rng = np.random.default_rng(seed)
+    for size in (1, 2, 7, 60, 400):
+        messages = [_fuzz_message(rng) for _ in range(size)]
+        parts = rng.integers(0, 4, size)
+        got = decode(messages, F, LIMIT, partitions=parts)
+        want = decode([bytearray(m) for m in messages], F, LIMIT, partitions=parts)
+        _same_decode(got, want)
+        assert np.array_equal(got[0].partitions, want[0].partitions)
+
+
+def test_bulk_decode_handles_edge_values_like_the_careful_path():
+    cases = [
+        with_(ts=2**53), with_(ts=2**53 + 1), with_(ts=float(2**53)), with_(ts=-0.0), with_(ts=0),
+        with_(step=2**53 - 1), with_(step=2**53), with_(step=-1), with_(step=True), with_(step=1.0),
+        with_(features=[1e39, 0, 0]), with_(features=[10**400, 0, 0]), with_(features=[True, 0, 0]),
+        with_(features=[[1, 2, 3]] * 3), with_(features=[1, 2, 3, 4]), with_(features=[]),
+        with_(reset=1), with_(end=0), with_(reset=None, end=True), with_(stream_id="é" * 256),
+        with_(stream_id="é" * 257), with_(stream_id=""), b'{"stream_id": "a", "features": [1, 2, 3], "ts": NaN}',
+        b'{"stream_id": "a", "features": [1, 2, NaN]}', b'{"stream_id": "a", "stream_id": 5, "features": [1,2,3]}',
+        b'\t{"stream_id": "a", "features": [1, 2, 3]}\r\n', b'{"stream_id": "a", "features": [1, 2, 3]}{}',
+    ]
+    for message in cases:  # alone, and among good ones
+        for poll in ([message], [GOOD_BYTES, message, GOOD_BYTES]):
+            _same_decode(decode(poll, F, LIMIT), decode([bytearray(m) for m in poll], F, LIMIT))
+    _same_decode(decode(cases, F, LIMIT), decode([bytearray(m) for m in cases], F, LIMIT))
+
+
+GOOD_BYTES = enc(GOOD)
