@@ -97,45 +97,36 @@ class Outputs:
         are written as null.
         """
         rows = _row_texts(self.predictions)
-        steps = self.steps.tolist()
-        tail = ',"model":' + _quote(self.model_version)
         ts = self.ts
-        out = []
-        append = out.append
+        n_ts = len(ts) - ts.count(None)
+        tss = () if n_ts == 0 else ["" if t is None else ',"ts":' + repr(t) for t in ts]
+        head = '{"stream_id":%s,"step":%d,'
+        tail = ',"model":' + _quote(self.model_version).replace("%", "%%") + ("%s}" if n_ts else "}")
+        ids = map(_quote, self.stream_ids)
+        steps = self.steps.tolist()
         if not self.chunk.any():
-            for r, sid in enumerate(self.stream_ids):
-                t = ts[r]
-                append('{"stream_id":%s,"step":%d,"prediction":[%s]%s%s}' % (
-                    _quote(sid), steps[r], rows[r], tail, "" if t is None else ',"ts":' + repr(t)))
-            return out
+            fmt = head + '"prediction":[%s]' + tail
+            return [fmt % r for r in (zip(ids, steps, rows, tss) if n_ts else zip(ids, steps, rows))]
         starts = self.start.tolist()
         lengths = self.length.tolist()
-        chunk = self.chunk.tolist()
-        for r, sid in enumerate(self.stream_ids):
-            a = starts[r]
-            t = ts[r]
-            if chunk[r]:
-                body = '"predictions":[[' + "], [".join(rows[a:a + lengths[r]]) + "]]"
-            else:
-                body = '"prediction":[' + rows[a] + "]"
-            append('{"stream_id":%s,"step":%d,%s%s%s}' % (
-                _quote(sid), steps[r], body, tail, "" if t is None else ',"ts":' + repr(t)))
-        return out
+        bodies = ['"predictions":[[' + "], [".join(rows[a:a + k]) + "]]" if c else '"prediction":[' + rows[a] + "]"
+                  for a, k, c in zip(starts, lengths, self.chunk.tolist())]
+        fmt = head + "%s" + tail
+        return [fmt % r for r in (zip(ids, steps, bodies, tss) if n_ts else zip(ids, steps, bodies))]
 
 
 def _row_texts(preds: np.ndarray) -> list[str]:
     """'v1, v2, ...' for every row of a float32 matrix."""
     if preds.shape[0] == 0:
         return []
-    text = preds.astype("U16")  # the longest float32 text, "-1.1754944e-38", has 14 characters
-    if preds.size and not np.isfinite(preds.sum(dtype=np.float64)):
-        text[~np.isfinite(preds)] = "null"
     if preds.shape[1] == 0:
         return [""] * preds.shape[0]
-    joined = text[:, 0]
-    for j in range(1, preds.shape[1]):
-        joined = np.char.add(np.char.add(joined, ", "), text[:, j])
-    return joined.tolist()
+    text = preds.astype("U16")  # the longest float32 text, "-1.1754944e-38", has 14 characters
+    if not np.isfinite(preds.sum(dtype=np.float64)):
+        text[~np.isfinite(preds)] = "null"
+    if preds.shape[1] == 1:
+        return text[:, 0].tolist()
+    return list(map(", ".join, text.tolist()))
 
 
 @dataclass

@@ -407,3 +407,24 @@ def test_large_waves_are_stepped_in_blocks_with_the_same_results(model):
     for sid, x in seqs.items():
         got = preds_of(results[0], sid)
         np.testing.assert_allclose(np.array([got[t] for t in range(len(x))]), model.run(x)[0], atol=TOL)
+
+
+def test_json_lines_exact_text_for_odd_ids_versions_and_values():
+    """The encoder's exact output: ids and model version JSON-escaped (a '%' stays a '%'), float32
+    shortest texts, null for non-finite values, ts only where given, chunks as lists of rows."""
+    from streamer.engine import Outputs
+
+    preds = np.array([[0.1, np.inf], [1e-5, -2.5], [np.nan, 3.0], [123456.0, 0.0]], np.float32)
+    out = Outputs("v%s\u00e9", ['a"\\%d', "\u00fc", "c"], np.array([7, 0, 9]), [None, 1.5, 2**53],
+                  np.array([False, True, False]), np.array([0, 1, 3]), np.array([1, 2, 1]), preds,
+                  np.array([7, 0, 1, 9]))
+    assert out.json_lines() == [
+        '{"stream_id":"a\\"\\\\%d","step":7,"prediction":[0.1, null],"model":"v%s\\u00e9"}',
+        '{"stream_id":"\\u00fc","step":0,"predictions":[[1e-05, -2.5], [null, 3.0]],"model":"v%s\\u00e9",'
+        '"ts":1.5}',
+        '{"stream_id":"c","step":9,"prediction":[123456.0, 0.0],"model":"v%s\\u00e9","ts":9007199254740992}',
+    ]
+    single = Outputs("m", ["a", "b"], np.array([1, 2]), [None, None], np.zeros(2, bool), np.arange(2),
+                     np.ones(2, np.int64), np.array([[0.5], [np.nan]], np.float32), np.array([1, 2]))
+    assert single.json_lines() == ['{"stream_id":"a","step":1,"prediction":[0.5],"model":"m"}',
+                                   '{"stream_id":"b","step":2,"prediction":[null],"model":"m"}']
