@@ -333,29 +333,43 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int) 
     if set(map(type, feats)) != {list} or set(map(len, feats)) != {feature_size}:
         keep = [type(f) is list and len(f) == feature_size for f in feats]
         objs, sids, feats = drop(keep, objs, sids, feats)
-    if not set(map(type, chain.from_iterable(feats))) <= _NUMBER_TYPES:
+    flat = list(chain.from_iterable(feats))
+    if not set(map(type, flat)) <= _NUMBER_TYPES:
         keep = [set(map(type, f)) <= _NUMBER_TYPES for f in feats]
         objs, sids, feats = drop(keep, objs, sids, feats)
+        flat = list(chain.from_iterable(feats))
+    # keys beyond stream_id and features (an upper bound once messages are dropped): when none are
+    # left, the remaining optional fields are absent everywhere and their columns need no look-ups
+    extra = sum(map(len, objs)) - 2 * len(objs)
+
+    def column(name: str) -> list:
+        nonlocal extra
+        if extra <= 0:
+            return [None] * len(objs)
+        vals = list(map(get, objs, repeat(name)))
+        extra -= len(vals) - vals.count(None)
+        return vals
+
     # ---- step: absent/null, or an int 0..MAX_STEP
-    steps = list(map(get, objs, repeat("step")))
+    steps = column("step")
     if steps.count(None) != len(steps):
         present = [s for s in steps if s is not None]
         if not set(map(type, steps)) <= _STEP_TYPES or min(present) < 0 or max(present) > MAX_STEP:
             keep = [s is None or (type(s) is int and 0 <= s <= MAX_STEP) for s in steps]
             objs, sids, feats, steps = drop(keep, objs, sids, feats, steps)
+    # ---- ts: absent/null or a number 0..MAX_TS
+    ts = column("ts")
+    if ts.count(None) != len(ts) and not _ts_column_ok(ts):
+        keep = [t is None or (type(t) in _TS_TYPES and 0 <= t <= MAX_TS) for t in ts]
+        objs, sids, feats, steps, ts = drop(keep, objs, sids, feats, steps, ts)
     # ---- reset / end: absent/null or a JSON boolean
     flags = []
     for name in ("reset", "end"):
-        vals = list(map(get, objs, repeat(name)))
+        vals = column(name)
         if vals.count(None) != len(vals) and not set(map(type, vals)) <= _FLAG_TYPES:
             keep = [v is None or type(v) is bool for v in vals]
-            objs, sids, feats, steps, vals, *flags = drop(keep, objs, sids, feats, steps, vals, *flags)
+            objs, sids, feats, steps, ts, vals, *flags = drop(keep, objs, sids, feats, steps, ts, vals, *flags)
         flags.append(vals)
-    # ---- ts: absent/null or a number 0..MAX_TS
-    ts = list(map(get, objs, repeat("ts")))
-    if ts.count(None) != len(ts) and not _ts_column_ok(ts):
-        keep = [t is None or (type(t) in _TS_TYPES and 0 <= t <= MAX_TS) for t in ts]
-        objs, sids, feats, steps, ts, *flags = drop(keep, objs, sids, feats, steps, ts, *flags)
     m = len(objs)
     if m == 0:
         return None, sorted(careful)
@@ -368,7 +382,8 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int) 
         step_arr = np.array([-1 if s is None else s for s in steps], dtype=np.int64)
     with np.errstate(over="ignore"):  # numbers beyond float32 become inf and are refused later
         try:
-            x = np.array(list(chain.from_iterable(feats)), dtype=np.float32).reshape(m, feature_size)
+            x = np.array(flat if len(flat) == m * feature_size else list(chain.from_iterable(feats)),
+                         dtype=np.float32).reshape(m, feature_size)
         except OverflowError:  # an integer beyond float64
             x = _to_float32(feats, feature_size)
     events = Events(
@@ -376,8 +391,8 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int) 
         steps=step_arr,
         counts=np.ones(m, np.int64),
         chunk=np.zeros(m, dtype=bool),
-        reset=np.zeros(m, dtype=bool) if resets.count(True) == 0 else np.array([v is True for v in resets], dtype=bool),
-        end=np.zeros(m, dtype=bool) if ends.count(True) == 0 else np.array([v is True for v in ends], dtype=bool),
+        reset=np.array([v is True for v in resets], dtype=bool) if True in resets else np.zeros(m, dtype=bool),
+        end=np.array([v is True for v in ends], dtype=bool) if True in ends else np.zeros(m, dtype=bool),
         ts=ts,
         features=x,
         index=np.arange(m, dtype=np.int64) if idx is None else np.array(idx, dtype=np.int64),
