@@ -246,7 +246,7 @@ def test_bulk_decode_equals_careful_decode_on_a_fuzzed_corpus(seed):
     """Bytes polls take the column-wise bulk path; bytearrays are checked one by one (`_decode_one`).
     Both must give the same events and the same dead letters, whatever the mix."""
     rng = np.random.default_rng(seed)
-    for size in (1, 2, 7, 60, 400):
+    for size in (1, 7, 12, 13, 60, 400):
         messages = [_fuzz_message(rng) for _ in range(size)]
         parts = rng.integers(0, 4, size)
         got = decode(messages, F, LIMIT, partitions=parts)
@@ -266,8 +266,8 @@ def test_bulk_decode_handles_edge_values_like_the_careful_path():
         b'{"stream_id": "a", "features": [1, 2, NaN]}', b'{"stream_id": "a", "stream_id": 5, "features": [1,2,3]}',
         b'\t{"stream_id": "a", "features": [1, 2, 3]}\r\n', b'{"stream_id": "a", "features": [1, 2, 3]}{}',
     ]
-    for message in cases:  # alone, and among good ones
-        for poll in ([message], [GOOD_BYTES, message, GOOD_BYTES]):
+    for message in cases:  # alone, repeated, and among good ones (polls of 12+ take the bulk path)
+        for poll in ([message], [message] * 13, [GOOD_BYTES] * 6 + [message] + [GOOD_BYTES] * 6):
             _same_decode(decode(poll, F, LIMIT), decode([bytearray(m) for m in poll], F, LIMIT))
     _same_decode(decode(cases, F, LIMIT), decode([bytearray(m) for m in cases], F, LIMIT))
 
