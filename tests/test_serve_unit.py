@@ -21,27 +21,39 @@ CL = "grp-events-changelog"
 
 
 class _Future:
-    def __init__(self, log, error=None):
-        self._error = error
+    def __init__(self, producer, error=None):
+        self._producer, self._error = producer, error
 
-    def add_errback(self, fn, *args):
-        if self._error is not None:
-            fn(*args, self._error)
+    def add_both(self, fn, *args):
+        result = self._error if self._error is not None else "metadata"
+        if self._producer.auto:
+            fn(*args, result)
+        else:
+            self._producer.unresolved.append(lambda: fn(*args, result))
         return self
 
 
 class RecordingProducer:
-    """Stands in for KafkaProducer where only the order of calls matters."""
+    """Stands in for KafkaProducer where only the order of calls matters. Deliveries resolve at once,
+    or (auto=False) when `resolve()` is called."""
 
-    def __init__(self, fail_topic: str | None = None):
+    def __init__(self, fail_topic: str | None = None, auto: bool = True):
         self.calls: list[tuple] = []
         self.fail_topic = fail_topic
+        self.auto = auto
+        self.unresolved: list = []
+
+    def resolve(self):
+        for fn in self.unresolved:
+            fn()
+        self.unresolved.clear()
 
     def send(self, topic, value=None, key=None, partition=None):
         self.calls.append(("send", topic, key, value, partition))
-        return _Future(self.calls, RuntimeError("broker said no") if topic == self.fail_topic else None)
+        return _Future(self, RuntimeError("broker said no") if topic == self.fail_topic else None)
 
     def flush(self, timeout=None):
+        self.resolve()
         self.calls.append(("flush",))
 
     def begin_transaction(self):
@@ -126,6 +138,32 @@ def test_a_failed_delivery_fails_the_checkpoint_before_the_offsets():
         cp.commit(store_with({"a": 0}), OFFSETS, lambda o: pytest.fail("offsets committed after a lost record"))
 
 
+def test_the_pipelined_checkpoint_commits_only_after_every_record_is_acknowledged():
+    producer = RecordingProducer(auto=False)
+    cp = Checkpoint(producer, CL, exactly_once=False)
+    st = store_with({"a": 0, "b": 1})
+    cp.send_many("predictions", [b"a", b"b"], [b"{}", b"{}"])
+    assert cp.begin(st, OFFSETS)  # changelog records handed to a sender thread, nothing waited for
+    cp.wait_sent()
+    assert producer.kinds() == ["output", "output", "state", "state"]
+    assert not cp.begin(st, OFFSETS)  # one at a time
+    cp.send("predictions", b"a", b"{}")  # processing goes on meanwhile
+    checkpointed, later = producer.unresolved[:4], producer.unresolved[4:]
+    for deliver in checkpointed[:3]:
+        deliver()
+    assert cp.due() is None  # one of its records is still in flight
+    checkpointed[3]()
+    assert cp.due() == OFFSETS  # the later record does not hold it up
+    cp.committed(True)
+    assert cp.due() is None
+    for deliver in later:
+        deliver()
+    failing = Checkpoint(RecordingProducer(fail_topic=CL), CL, exactly_once=False)
+    failing.begin(store_with({"a": 0}), OFFSETS)
+    with pytest.raises(DeliveryError):
+        failing.due()
+
+
 def test_tombstones_wait_for_the_commit_that_covers_the_end():
     producer = RecordingProducer()
     cp = Checkpoint(producer, CL, exactly_once=False)
@@ -170,7 +208,11 @@ def test_a_restarted_stream_is_not_deleted_by_its_old_tombstone():
     slots, _, _ = st.acquire(["a"], 2.0, np.array([0]))  # a starts again
     st.write(slots, np.ones((1, 4), np.float32), np.array([0]))
     cp.commit(st, OFFSETS, lambda o: None)
-    assert producer.kinds()[:2] == ["tombstone", "state"]  # the live record comes last: compaction keeps it
+    # the new record replaces the old one; the covered tombstone is dropped (one record per key and checkpoint)
+    assert producer.kinds() == ["state", "flush"]
+    producer.calls.clear()
+    cp.commit(st, OFFSETS, lambda o: None)
+    assert "tombstone" not in producer.kinds()  # never written after the live record
 
 
 def test_exactly_once_puts_everything_in_one_transaction():

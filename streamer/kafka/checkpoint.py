@@ -5,15 +5,23 @@ At-least-once (default), one checkpoint is::
     1. predictions and dead letters of the interval were already sent (through `send`)
     2. changelog: tombstones that are safe to write (see below), then the state of every stream that
        changed since the last checkpoint (`StateStore.take_changes`)
-    3. producer.flush(): outputs and changelog acknowledged (acks=all); a delivery error fails the checkpoint
+    3. every record sent up to here is acknowledged (acks=all); a delivery error fails the checkpoint
     4. commit the input offsets the state covers (consumer.commit)
 
 so committed offsets never run ahead of durable state and durable outputs. The changelog may run
 ahead of the offsets (a crash between 3 and 4): the replayed events are then duplicates by step and
 skipped. One exception needs care: a tombstone written before the offset of the stream's `end` event
 is committed would, after a crash in that window, let the replayed tail of the ended stream start a
-new stream on a fresh state. So the tombstones of streams freed in one interval are held back and
+new stream on a fresh state. So the tombstones of streams freed before a checkpoint are held back and
 written by the first checkpoint after an offset commit that covers them.
+
+In the serve loop, a checkpoint does not stop processing: `begin` takes the changed streams' state
+(a snapshot: later events are not in it, which is fine: the offsets it goes with are the ones before
+them) and hands the records to a short-lived sender thread, and closes an *epoch*; every record sent
+carries its epoch and counts itself resolved from the producer's thread; `due` reports the offsets once
+every record of the closed epochs is sent and acknowledged, and the loop then commits them
+(`committed`). `commit` (`write` + commit) is the same checkpoint done synchronously, for revocation
+and shutdown.
 
 Exactly-once (``exactly_once=True``): a transaction is open from the first send after a checkpoint;
 a checkpoint adds the changelog records (tombstones and states), flushes, adds the input offsets with
@@ -22,16 +30,17 @@ letters, changelog and offsets become visible together or not at all.
 
 Any failure raises; the caller then rewinds (see `streamer.kafka.service`): a new producer (an open
 transaction is aborted), the state reloaded from the changelog, the input re-read from the committed
-offsets. Flushes wait for every record to be acknowledged or failed, which the producer's
-delivery.timeout.ms bounds (``--checkpoint-timeout``), so no record of a failed checkpoint can land
-later, after someone else has taken its partition over.
+offsets. Records resolve within the producer's delivery.timeout.ms (``--checkpoint-timeout``), so no
+record of a failed checkpoint can land later, after someone else has taken its partition over.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 from kafka.errors import KafkaError, KafkaTimeoutError
@@ -45,11 +54,26 @@ class DeliveryError(KafkaError):
     """A record sent since the last checkpoint was not delivered."""
 
 
+@dataclass
+class _Pending:
+    """An at-least-once checkpoint waiting for its records to be acknowledged."""
+
+    epoch: int  # every record of epochs <= this must be resolved
+    offsets: dict
+    freed: dict[str, int] = field(default_factory=dict)  # tombstones its offsets cover
+    written: dict[str, int] = field(default_factory=dict)  # covered tombstones it wrote
+    started: float = field(default_factory=time.monotonic)
+    sender: threading.Thread | None = None  # sending its changelog records
+    sent: bool = True  # every record handed to the producer
+    error: BaseException | None = None  # from the sender thread
+
+
 class Checkpoint:
     """Sends outputs and changelog records through `producer` and checkpoints them in order.
 
     `producer` is a kafka-python KafkaProducer (transactional and initialised when `exactly_once`).
-    Not thread-safe: the serve loop and the rebalance callbacks take turns (see the service).
+    Not thread-safe: the serve loop and the rebalance callbacks take turns (see the service); only
+    the delivery callbacks run on the producer's thread, and they only count.
     """
 
     def __init__(self, producer, changelog_topic: str, *, exactly_once: bool, metrics=None,
@@ -62,9 +86,12 @@ class Checkpoint:
         self.closed = False  # the producer was closed after a failure (the service replaces it)
         self.stuck = False  # a flush outlived delivery.timeout.ms: its records will not resolve
         self._failure: BaseException | None = None
-        self._generation = 0  # bumped when the records in flight are forgotten: their late errors are too
+        self._generation = 0  # bumped when the records in flight are forgotten: their late news is too
+        self._epoch = 0
+        self._sent: dict[int, int] = {}  # epoch -> records sent (main thread writes)
+        self._done: dict[int, int] = {}  # epoch -> records resolved (producer thread writes)
+        self._pending: _Pending | None = None
         self._txn_open = False
-        self._sent = 0  # records sent since the last checkpoint
         # at-least-once tombstones: stream id -> partition
         self._awaiting: dict[str, int] = {}  # freed; their end is not yet covered by committed offsets
         self._ready: dict[str, int] = {}  # covered: write them at the next checkpoint
@@ -73,39 +100,113 @@ class Checkpoint:
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
         """Send one record; a delivery failure is remembered and fails the next checkpoint."""
-        if self.exactly_once and not self._txn_open:
-            self.producer.begin_transaction()
-            self._txn_open = True
+        self._open_transaction()
         future = self.producer.send(topic, value=value, key=key, partition=partition)
-        future.add_errback(self._on_error, self._generation)
-        self._sent += 1
+        future.add_both(self._on_done, self._generation, self._epoch)
+        self._sent[self._epoch] = self._sent.get(self._epoch, 0) + 1
 
-    def send_many(self, topic: str, keys: list[bytes], values: list[bytes]) -> None:
-        """`send` for a batch (the hot path: one prediction record per event)."""
+    def send_many(self, topic: str, keys: list[bytes], values: list[bytes],
+                  partitions: list[int | None] | None = None) -> None:
+        """`send` for a batch (the hot path: one prediction record per event); `partitions`: explicit
+        partitions (None entries: the key's hash decides)."""
         if not keys:
             return
+        self._open_transaction()
+        send = self.producer.send
+        on_done = functools.partial(self._on_done, self._generation, self._epoch)
+        if partitions is None:
+            for key, value in zip(keys, values):
+                send(topic, value=value, key=key).add_both(on_done)
+        else:
+            for key, value, partition in zip(keys, values, partitions):
+                send(topic, value=value, key=key, partition=partition).add_both(on_done)
+        self._sent[self._epoch] = self._sent.get(self._epoch, 0) + len(keys)
+
+    def _open_transaction(self) -> None:
         if self.exactly_once and not self._txn_open:
             self.producer.begin_transaction()
             self._txn_open = True
-        send = self.producer.send
-        on_error = functools.partial(self._on_error, self._generation)
-        for key, value in zip(keys, values):
-            send(topic, value=value, key=key).add_errback(on_error)
-        self._sent += len(keys)
 
-    def _on_error(self, generation: int, exc: BaseException) -> None:  # runs on the producer's sender thread
-        if self._failure is None and generation == self._generation:
-            self._failure = exc
+    def _on_done(self, generation: int, epoch: int, result) -> None:  # the producer's sender thread
+        if generation != self._generation:
+            return
+        if isinstance(result, BaseException) and self._failure is None:
+            self._failure = result
+        self._done[epoch] = self._done.get(epoch, 0) + 1
 
     def pending_work(self) -> bool:
-        return self._sent > 0 or bool(self._ready)
+        return bool(self._sent) or bool(self._ready) or self._pending is not None
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ at-least-once, pipelined
+
+    def begin(self, store, offsets: dict) -> bool:
+        """Start a checkpoint without waiting (steps 2 and the start of 3); False while one is pending."""
+        if self._pending is not None:
+            return False
+        written = dict(self._ready)
+        records, freed = self._changelog_records(store)
+        p = self._pending = _Pending(self._epoch, offsets, freed, written)
+        self._epoch += 1
+        if records:
+            p.sent = False
+            p.sender = threading.Thread(target=self._send_records, args=(p, records, self._generation),
+                                        name="changelog-send", daemon=True)
+            p.sender.start()
+        return True
+
+    def _send_records(self, p: _Pending, records: list, generation: int) -> None:
+        """Thread: hand a checkpoint's changelog records to the producer (so that serving goes on)."""
+        try:
+            send = self.producer.send
+            on_done = functools.partial(self._on_done, generation, p.epoch)
+            topic = self.changelog_topic
+            for key, value, partition in records:
+                send(topic, value=value, key=key, partition=partition).add_both(on_done)
+                self._sent[p.epoch] = self._sent.get(p.epoch, 0) + 1
+        except BaseException as exc:  # noqa: BLE001 - reported by due()
+            p.error = exc
+        finally:
+            p.sent = True
+
+    def due(self) -> dict | None:
+        """The pending checkpoint's offsets once all its records are acknowledged (then commit them and
+        call `committed`); None while they are in flight. Raises DeliveryError if one failed, and
+        KafkaTimeoutError if they outlive the flush timeout."""
+        p = self._pending
+        if p is None:
+            return None
+        self._raise_failure()
+        if p.error is not None:
+            exc, p.error = p.error, None
+            raise exc if isinstance(exc, KafkaError) else DeliveryError(f"sending the changelog failed: {exc}")
+        if not p.sent or any(self._done.get(e, 0) < n for e, n in self._sent.items() if e <= p.epoch):
+            if self.flush_timeout_s is not None and time.monotonic() - p.started > self.flush_timeout_s:
+                self.stuck = True
+                self._count_error("flush")
+                raise KafkaTimeoutError(f"checkpoint records not acknowledged within {self.flush_timeout_s:.0f}s")
+            return None
+        for e in [e for e in self._sent if e <= p.epoch]:
+            del self._sent[e]
+            self._done.pop(e, None)
+        self._forget_written(p.written)
+        return p.offsets
+
+    def committed(self, ok: bool) -> None:
+        """The pending checkpoint's offsets were committed (`ok`) or not: its tombstones are covered, or
+        wait for the next commit."""
+        p, self._pending = self._pending, None
+        if p is None:
+            return
+        self._awaiting.update(p.freed)
+        if ok:
+            self.offsets_committed()
+
+    # ------------------------------------------------------------------ at-least-once, synchronous
 
     def commit(self, store, offsets: dict, commit_offsets: Callable[[dict], None], group_metadata=None) -> bool:
-        """One full checkpoint (see the module docstring). `offsets`: {TopicPartition: OffsetAndMetadata}
-        of the input positions the store's state covers; `commit_offsets(offsets)` commits them
-        (at-least-once); `group_metadata` is `consumer.group_metadata()` (exactly-once).
+        """One full checkpoint, waited for (see the module docstring). `offsets`: {TopicPartition:
+        OffsetAndMetadata} of the input positions the store's state covers; `commit_offsets(offsets)`
+        commits them (at-least-once); `group_metadata` is `consumer.group_metadata()` (exactly-once).
 
         Returns whether the offsets were committed. Raises when the state or outputs are not durable."""
         if self.exactly_once:
@@ -124,23 +225,22 @@ class Checkpoint:
         return True
 
     def write(self, store) -> None:
-        """At-least-once steps 2-3: changelog records, then flush (raises on a delivery failure)."""
-        changes = store.take_changes()
-        tombstones = dict(self._ready)
-        for sid, partition in tombstones.items():
-            self.send(self.changelog_topic, changelog.encode_key(sid), None, partition)
-        for sid, partition in changes.updated:
-            self._awaiting.pop(sid, None)  # started again: that tombstone is obsolete
-            self.send(self.changelog_topic, changelog.encode_key(sid), store.export(sid).to_bytes(), partition)
-        self._awaiting.update(changes.freed)
+        """Steps 2-3 waited for: changelog records, then flush (raises on a delivery failure). A pending
+        checkpoint is folded in (its offsets are older than the ones this one covers); its records are
+        acknowledged first, so no newer record of a stream can overtake them."""
+        if self._pending is not None:
+            self.flush()
+        written = dict(self._ready)
+        freed = self._send_changelog(store)
         self.flush()
-        self._count_changelog(len(changes.updated), len(tombstones))
-        for sid in tombstones:
-            if self._ready.get(sid) == tombstones[sid]:
-                del self._ready[sid]
+        self._forget_written(written)
+        if self._pending is not None:
+            self._awaiting.update(self._pending.freed)
+            self._pending = None
+        self._awaiting.update(freed)
 
     def offsets_committed(self) -> None:
-        """At-least-once step 4 done: the held-back tombstones are covered now."""
+        """Step 4 done: the held-back tombstones are covered now."""
         self._ready.update(self._awaiting)
         self._awaiting.clear()
 
@@ -153,7 +253,48 @@ class Checkpoint:
             self.send(self.changelog_topic, changelog.encode_key(sid), None, partition)
         self.flush()
         self._count_changelog(0, len(tombstones))
-        self._ready.clear()
+        self._forget_written(tombstones)
+
+    def _forget_written(self, tombstones: dict[str, int]) -> None:
+        """Acknowledged tombstones leave the covered set (unless their stream was freed again since)."""
+        for sid, partition in tombstones.items():
+            if self._ready.get(sid) == partition:
+                del self._ready[sid]
+
+    def _send_changelog(self, store) -> dict[str, int]:
+        """Send `_changelog_records` now; returns the newly freed streams."""
+        records, freed = self._changelog_records(store)
+        for key, value, partition in records:
+            self.send(self.changelog_topic, key, value, partition)
+        return freed
+
+    def _changelog_records(self, store) -> tuple[list, dict[str, int]]:
+        """Covered tombstones, then the changed streams' states, as (key, value, partition); and the
+        newly freed streams. A covered tombstone stays covered until acknowledged (a failed checkpoint
+        writes it again)."""
+        changes = store.take_changes()
+        encode_key = changelog.encode_key
+        pending_freed = self._pending.freed if self._pending is not None else {}
+        for sid, _ in changes.updated:
+            # started again: an older tombstone is obsolete, the new record replaces it. (Each key at most
+            # once per checkpoint, so a retried batch cannot put two of its records out of order.)
+            self._awaiting.pop(sid, None)
+            self._ready.pop(sid, None)
+            pending_freed.pop(sid, None)
+        records = [(encode_key(sid), None, partition) for sid, partition in self._ready.items()]
+        n_tombstones = len(records)
+        for sid, partition in changes.updated:
+            records.append((encode_key(sid), store.export(sid).to_bytes(), partition))
+        self._count_changelog(len(changes.updated), n_tombstones)
+        return records, dict(changes.freed)
+
+    def wait_sent(self) -> None:
+        """Wait until the pending checkpoint's changelog records are handed to the producer."""
+        p = self._pending
+        if p is not None and p.sender is not None:
+            p.sender.join()
+
+    # ------------------------------------------------------------------ exactly-once
 
     def commit_transaction(self, store, offsets: dict, group_metadata) -> None:
         """Exactly-once: changelog records and input offsets join the open transaction, which commits."""
@@ -164,9 +305,7 @@ class Checkpoint:
             self.send(self.changelog_topic, changelog.encode_key(sid), store.export(sid).to_bytes(), partition)
         if not self._txn_open and not offsets:
             return
-        if not self._txn_open:
-            self.producer.begin_transaction()
-            self._txn_open = True
+        self._open_transaction()
         self.flush()
         if offsets:
             self.producer.send_offsets_to_transaction(offsets, group_metadata)
@@ -176,10 +315,12 @@ class Checkpoint:
         if self.metrics is not None:
             self.metrics.transactions.labels("committed").inc()
 
+    # ------------------------------------------------------------------ flushing and failures
+
     def flush(self) -> None:
         """Wait until every record sent so far is acknowledged or failed (delivery.timeout.ms bounds
         this); raise if one failed."""
-        t0 = time.perf_counter()
+        self.wait_sent()
         try:
             self.producer.flush(timeout=self.flush_timeout_s)
         except KafkaTimeoutError:
@@ -187,14 +328,15 @@ class Checkpoint:
             self.stuck = True
             self._count_error("flush")
             raise
+        self._raise_failure()
+        self._sent.clear()
+        self._done.clear()
+
+    def _raise_failure(self) -> None:
         if self._failure is not None:
             exc, self._failure = self._failure, None
             self._count_error("produce")
             raise DeliveryError(f"a record was not delivered: {type(exc).__name__}: {exc}") from exc
-        self._sent = 0
-        log.debug("flush took %.1f ms", 1000 * (time.perf_counter() - t0))
-
-    # ------------------------------------------------------------------ failures and partitions
 
     def settle(self) -> None:
         """Let every record in flight resolve (acknowledged or failed), ignoring the outcome: after a
@@ -202,6 +344,7 @@ class Checkpoint:
         if self.stuck:
             return
         try:
+            self.wait_sent()
             self.producer.flush(timeout=self.flush_timeout_s)
         except Exception as exc:  # noqa: BLE001 - only the waiting matters here
             log.debug("settle: %s", exc)
@@ -209,7 +352,6 @@ class Checkpoint:
     def abort(self) -> None:
         """Exactly-once: abort the open transaction (its records are never visible). Raises on failure."""
         self._failure = None
-        self._sent = 0
         if self.exactly_once and self._txn_open:
             self._txn_open = False
             self.producer.abort_transaction()
@@ -219,9 +361,15 @@ class Checkpoint:
     def discard(self) -> None:
         """Forget records in flight (the producer is being replaced); the tombstones awaiting a commit
         go too: their streams' end events will be replayed and free them again."""
+        p = self._pending
+        if p is not None and p.sender is not None:
+            p.sender.join(5)  # it fails fast on a closed producer
         self._failure = None
         self._generation += 1
-        self._sent = 0
+        self._epoch += 1  # a late callback of the old generation cannot count for a new record
+        self._sent.clear()
+        self._done.clear()
+        self._pending = None
         self._txn_open = False
         self._awaiting.clear()
 
@@ -229,7 +377,8 @@ class Checkpoint:
         """Drop held-back tombstones of partitions given up."""
         keep = set(partitions)
         lost = 0
-        for table in (self._awaiting, self._ready):
+        tables = [self._awaiting, self._ready] + ([self._pending.freed] if self._pending is not None else [])
+        for table in tables:
             for sid in [s for s, p in table.items() if p in keep]:
                 del table[sid]
                 lost += 1

@@ -63,6 +63,9 @@ class ServeSettings:
     on_model_change: str = "reset"
     restore_timeout_s: float = 300.0
     commit_timeout_ms: int = 30000
+    # the output topic has the input topic's partition count: a stream's predictions go to the partition
+    # with its events' number (no key hashing on the hot path); else Kafka's default partitioner decides
+    co_partitioned: bool = False
 
 
 class KafkaClients:
@@ -187,6 +190,7 @@ class KafkaService:
         self._disconnected_since: float | None = None
         self._abandoned: list = []  # producers whose records never resolved (closing them would block)
         self._last_lag = 0.0
+        self._checkpoint_started = 0.0
         self.totals = {"polls": 0, "messages": 0, "records": 0, "dead_letters": 0, "checkpoints": 0,
                        "recoveries": 0}
 
@@ -216,6 +220,9 @@ class KafkaService:
                         with self._lock:
                             self._process(records, received)
                     now = time.monotonic()
+                    if not s.exactly_once:
+                        with self._lock:
+                            self._finish_checkpoint()
                     if now - last_checkpoint >= s.checkpoint_interval_s:
                         last_checkpoint = now
                         with self._lock:
@@ -330,7 +337,7 @@ class KafkaService:
         with self._lock:
             if not self._needs_recovery and self._active:
                 try:
-                    self._checkpoint()
+                    self._checkpoint(wait=True)
                 except KafkaError as exc:
                     log.warning("final checkpoint failed (%s: %s); the events since the last one will be "
                                 "replayed by the next owner", type(exc).__name__, exc)
@@ -357,12 +364,16 @@ class KafkaService:
         messages: list = []
         partitions: list[int] = []
         offsets: list[int] = []
+        where: dict[bytes, int] = {}  # key -> input partition, for co-partitioned outputs
+        co = self.settings.co_partitioned
         for tp, recs in records.items():
             p = tp.partition
             if p not in self._active:  # not restored yet (or no longer ours): fetch these again later
                 if p in self._pending:
                     self.consumer.seek(tp, recs[0].offset)
                 continue
+            if co:
+                where.update(dict.fromkeys([r.key for r in recs], p))
             messages.extend([r.value if r.value is not None else b"" for r in recs])
             partitions.extend([p] * len(recs))
             offsets.extend([r.offset for r in recs])
@@ -377,8 +388,9 @@ class KafkaService:
         cp = self.checkpoint
         if len(out):
             lines = out.json_lines()
-            cp.send_many(self.settings.topics.output, [s.encode() for s in out.stream_ids],
-                         [line.encode() for line in lines])
+            keys = [s.encode() for s in out.stream_ids]
+            cp.send_many(self.settings.topics.output, keys, [line.encode() for line in lines],
+                         [where.get(k) for k in keys] if co else None)
             self.metrics.produced.labels("prediction").inc(len(lines))
         if result.dead_letters:
             keys = {(r.partition, r.offset): r.key for recs in records.values() for r in recs}
@@ -400,7 +412,10 @@ class KafkaService:
                 for p, pos in self._positions.items()
                 if p in self._active and pos != self._committed.get(p)}
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, wait: bool = False) -> None:
+        """Every --checkpoint-interval. At-least-once: start one (`Checkpoint.begin`) and go on processing;
+        `_finish_checkpoint` commits its offsets once its records are acknowledged. `wait`, and under
+        exactly-once: the whole checkpoint now."""
         cp = self.checkpoint
         offsets = self._offsets()
         work = bool(offsets) or cp.pending_work()
@@ -409,18 +424,50 @@ class KafkaService:
             if self.settings.exactly_once:
                 cp.commit_transaction(self.engine.store, offsets, self.consumer.group_metadata())
                 ok = True
+            elif not wait:
+                if cp.begin(self.engine.store, offsets):
+                    self._checkpoint_started = t0
+                return
             else:
-                ok = cp.commit(self.engine.store, offsets,
-                               lambda o: self.consumer.commit(o, timeout_ms=self.settings.commit_timeout_ms))
+                ok = cp.commit(self.engine.store, offsets, self._commit_offsets)
         except KafkaError:
             self.metrics.checkpoints.labels("failed").inc()
             raise
         if ok:
             self._committed.update({tp.partition: om.offset for tp, om in offsets.items()})
         if work:
-            self.metrics.checkpoints.labels("ok").inc()
-            self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
-            self.totals["checkpoints"] += 1
+            self._count_checkpoint(t0)
+
+    def _finish_checkpoint(self) -> None:
+        """At-least-once: commit the pending checkpoint's offsets once its records are acknowledged."""
+        try:
+            offsets = self.checkpoint.due()
+        except KafkaError:
+            self.metrics.checkpoints.labels("failed").inc()
+            raise
+        if offsets is None:
+            return
+        ok = True
+        if offsets:
+            try:
+                self._commit_offsets(offsets)
+            except KafkaError as exc:  # the state is durable: replayed events are deduplicated later
+                ok = False
+                self.metrics.error("commit")
+                log.warning("offset commit failed (%s: %s); the events since the last commit will be replayed "
+                            "and deduplicated", type(exc).__name__, exc)
+        self.checkpoint.committed(ok)
+        if ok:
+            self._committed.update({tp.partition: om.offset for tp, om in offsets.items()})
+        self._count_checkpoint(self._checkpoint_started)
+
+    def _commit_offsets(self, offsets: dict) -> None:
+        self.consumer.commit(offsets, timeout_ms=self.settings.commit_timeout_ms)
+
+    def _count_checkpoint(self, t0: float) -> None:
+        self.metrics.checkpoints.labels("ok").inc()
+        self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
+        self.totals["checkpoints"] += 1
 
     # ------------------------------------------------------------------ rebalance callbacks (IO thread)
 
