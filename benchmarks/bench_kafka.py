@@ -18,6 +18,9 @@ where serve's time went, per package.
 
 The model is the Q&A architecture (LSTM(32) -> LSTM(8) -> Dense(2), 5 features) with random weights.
 The machine has 2 cores shared by the broker, serve, this script and its producer, and other work.
+kafka-python computes the CRC32C of every record batch it produces (and checks those it fetches) in
+pure Python (~4 MB/s) unless the `crc32c` package is installed; the header line says which it found
+(run with PYTHONPATH pointing at a `pip install --target DIR crc32c` to compare).
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 python benchmarks/bench_kafka.py [--quick] [--profile]
 """
@@ -50,8 +53,7 @@ sys.path.insert(0, str(REPO))
 from models.stepmodel import StepModel  # noqa: E402
 
 F, UNITS, OUT = 5, (32, 8), 2
-SERVE_FLAGS = ["--poll-max-records", "2000", "--linger-ms", "5", "--checkpoint-interval", "1",
-               "--session-timeout-ms", "6000", "--heartbeat-interval-ms", "1000"]
+SERVE_FLAGS = ["--session-timeout-ms", "6000", "--heartbeat-interval-ms", "1000"]  # else serve's defaults
 
 
 def qa_step_model(seed: int = 0) -> StepModel:
@@ -373,8 +375,11 @@ def main() -> int:
         work = Path(tmp)
         model_dir = work / "model"
         model.save(model_dir)
+        from streamer.kafka.config import fast_crc32c
+
+        crc = "crc32c C extension" if fast_crc32c() else "pure-Python CRC32C (pip install crc32c: see the report)"
         print(f"bench_kafka: broker {args.bootstrap}, {args.partitions} partitions, model {model!r}, "
-              f"serve {' '.join(SERVE_FLAGS)}", flush=True)
+              f"serve {' '.join(SERVE_FLAGS)}; kafka-python {crc}", flush=True)
         if "single" in cases:
             r = throughput(args, model_dir, work, chunk=1)
             print(f"single-step events: {r['messages']:,} events ({args.streams} streams x {args.steps}) in "

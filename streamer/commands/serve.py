@@ -103,10 +103,11 @@ def register(subparsers) -> None:
                    help="--exactly-once: the broker aborts a transaction left open this long by a dead instance "
                         "(default 10000) [STREAMER_TRANSACTION_TIMEOUT_MS]")
     g.add_argument("--checkpoint-interval", type=_seconds, metavar="SECONDS",
-                   default=env_default("checkpoint_interval", 1.0, _seconds),
-                   help="seconds between checkpoints (changelog + offsets, or a transaction commit: under "
-                        "--exactly-once also how long predictions wait to become visible); default 1 "
-                        "[STREAMER_CHECKPOINT_INTERVAL]")
+                   default=env_default("checkpoint_interval", None, _seconds),
+                   help="seconds between checkpoints: changelog + offsets (at most this much input is replayed "
+                        "after a crash), or one transaction commit under --exactly-once (then also how long "
+                        "predictions wait to become visible to read_committed readers); default 5, or 1 with "
+                        "--exactly-once [STREAMER_CHECKPOINT_INTERVAL]")
     g.add_argument("--checkpoint-timeout", type=_seconds, metavar="SECONDS",
                    default=env_default("checkpoint_timeout", 30.0, _seconds),
                    help="how long a produced record may wait for the broker (delivery.timeout.ms) before the "
@@ -189,7 +190,8 @@ def run(args) -> int:
         transactional_id=args.transactional_id or default_transactional_id(args.group_id, topics.input),
         transaction_timeout_ms=args.transaction_timeout_ms)
     settings = ServeSettings(
-        topics=topics, exactly_once=args.exactly_once, checkpoint_interval_s=args.checkpoint_interval,
+        topics=topics, exactly_once=args.exactly_once,
+        checkpoint_interval_s=args.checkpoint_interval or (1.0 if args.exactly_once else 5.0),
         poll_timeout_ms=args.poll_timeout_ms,
         max_poll_records=args.poll_max_records, on_model_change=args.on_model_change)
 
