@@ -222,7 +222,8 @@ def run(args) -> int:
         if counts is None:
             return 0
         log.info("topics ok: %s", ", ".join(f"{name} ({n} partitions)" for name, n in counts.items()))
-        settings = dataclasses.replace(settings, co_partitioned=counts[topics.output] == counts[topics.input])
+        settings = dataclasses.replace(settings, co_partitioned=counts[topics.output] == counts[topics.input],
+                                       changelog_partitions=counts[topics.changelog])
         service = KafkaService(engine, settings, clients, kafka_metrics,
                                ready=server.ready if server is not None else None)
         service.run(stop)

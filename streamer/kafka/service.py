@@ -44,6 +44,7 @@ from streamer.errors import UserError
 from streamer.kafka.checkpoint import Checkpoint
 from streamer.kafka.restore import Restorer
 from streamer.kafka.topics import Topics
+from streamer.state import StateMismatch
 from streamer.transports import Poll
 
 log = logging.getLogger("streamer.serve")
@@ -66,6 +67,7 @@ class ServeSettings:
     # the output topic has the input topic's partition count: a stream's predictions go to the partition
     # with its events' number (no key hashing on the hot path); else Kafka's default partitioner decides
     co_partitioned: bool = False
+    changelog_partitions: int | None = None  # input partitions beyond it have nowhere to keep their state
 
 
 class KafkaClients:
@@ -606,7 +608,16 @@ class KafkaService:
     def _restore_pending(self) -> None:
         with self._lock:
             parts = sorted(self._pending)
-            stats = self.restorer.restore(self.engine.store, parts)
+            n = self.settings.changelog_partitions
+            if n is not None and parts and parts[-1] >= n:
+                raise UserError(f"input topic {self.topic} now has partition {parts[-1]}, but changelog "
+                                f"{self.settings.topics.changelog} has only {n} partitions; add partitions to the "
+                                "changelog to match (kafka-topics --alter --partitions) and restart")
+            try:
+                stats = self.restorer.restore(self.engine.store, parts)
+            except StateMismatch as exc:
+                raise UserError(f"cannot restore partitions {parts} from {self.settings.topics.changelog}: {exc}; "
+                                "raise --max-streams or run more instances") from None
             self._active |= set(parts)
             self._pending -= set(parts)
             self.consumer.resume(*[TopicPartition(self.topic, p) for p in parts])
