@@ -14,7 +14,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from streamer.kafka import topics as topic_admin

@@ -140,11 +140,14 @@ class Checkpoint:
     # ------------------------------------------------------------------ at-least-once, pipelined
 
     def begin(self, store, offsets: dict) -> bool:
-        """Start a checkpoint without waiting (steps 2 and the start of 3); False while one is pending."""
+        """Start a checkpoint without waiting (steps 2 and the start of 3); False while one is pending,
+        or when there is nothing to checkpoint."""
         if self._pending is not None:
             return False
         written = dict(self._ready)
         records, freed = self._changelog_records(store)
+        if not records and not offsets and not freed and not self._sent:
+            return False
         p = self._pending = _Pending(self._epoch, offsets, freed, written)
         self._epoch += 1
         if records:
