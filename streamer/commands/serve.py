@@ -110,9 +110,9 @@ def register(subparsers) -> None:
                         "--exactly-once [STREAMER_CHECKPOINT_INTERVAL]")
     g.add_argument("--checkpoint-timeout", type=_seconds, metavar="SECONDS",
                    default=env_default("checkpoint_timeout", 30.0, _seconds),
-                   help="how long a produced record may wait for the broker (delivery.timeout.ms) before the "
-                        "checkpoint fails and serve rewinds to the previous one; longer broker outages are "
-                        "ridden out that way (default 30) [STREAMER_CHECKPOINT_TIMEOUT]")
+                   help="how long a produced record may wait for the broker (delivery.timeout.ms): shorter "
+                        "broker outages are waited out; after a longer one the checkpoint fails and serve rewinds "
+                        "to the previous one and replays (default 30) [STREAMER_CHECKPOINT_TIMEOUT]")
     g.add_argument("--on-model-change", choices=MODEL_CHANGE_POLICIES,
                    default=env_default("on_model_change", "reset"),
                    help="checkpointed state made by another model version: reset (default: start those streams "
