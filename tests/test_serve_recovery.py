@@ -121,6 +121,23 @@ def test_a_killed_group_member_s_streams_continue_elsewhere(kafka_bootstrap, kaf
         d.delete(kafka_admin)
 
 
+def test_no_broker_at_start_up_is_retried_counted_and_stoppable(small_model, tmp_path):
+    """Brokers unreachable: serve keeps retrying (not ready, failures counted), and SIGTERM still exits 0."""
+    _, model_dir = small_model
+    d = Deployment("nobroker", 1)
+    serve = Serve(model_dir, d, f"127.0.0.1:{_free_port()}", tmp_path, name="nobroker")
+    try:
+        deadline = time.monotonic() + 30
+        while serve.metric("streamer_kafka_errors_total", kind="connect") < 1:
+            assert time.monotonic() < deadline and serve.proc.poll() is None, serve.log()[-2000:]
+            time.sleep(0.3)
+        assert serve.healthz() == 503
+        assert "retrying" in serve.log()
+        assert serve.terminate(timeout_s=30) == 0
+    finally:
+        serve.kill()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -90,7 +90,8 @@ class Connection:
         """The kafka-python keyword arguments shared by consumers, producers and the admin client."""
         kw: dict = {"bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
                     "client_id": self.client_id, "security_protocol": self.security_protocol,
-                    "reconnect_backoff_max_ms": 2000}  # back within 2 s of a broker's return
+                    "reconnect_backoff_max_ms": 2000,  # back within 2 s of a broker's return
+                    "bootstrap_timeout_ms": 5000}  # then serve counts the failure and retries
         if self.security_protocol.endswith("SSL"):
             kw.update(ssl_cafile=self.ssl_cafile, ssl_certfile=self.ssl_certfile, ssl_keyfile=self.ssl_keyfile,
                       ssl_password=self.ssl_key_password, ssl_check_hostname=self.ssl_check_hostname)
