@@ -283,6 +283,8 @@ def latency(args, model_dir: Path, work: Path) -> dict:
                                                 "streamer_poll_duration_seconds_sum", "streamer_polls_total",
                                                 "streamer_kafka_checkpoints_total",
                                                 "streamer_kafka_changelog_records_total"))))
+        if os.environ.get("BENCH_LATENCY_DUMP"):
+            np.savetxt(os.environ["BENCH_LATENCY_DUMP"], np.array(lat), fmt="%.4f")
         steady = np.array([(ms, sent) for t, ms, sent in lat if t >= 2.0])
         total, sent = steady[:, 0], steady[:, 1]
         return {"rate": args.rate, "received": len(lat), "expected": expected,
