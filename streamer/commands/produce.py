@@ -63,12 +63,10 @@ def register(subparsers) -> None:
                     "that --streams stay open until --duration/--events or SIGTERM. A summary goes to "
                     "stderr.",
     )
-    has_kafka_flags = _add_connection_options(p)
+    from streamer.kafka.config import add_connection_options
+
+    add_connection_options(p, required=False)  # file mode (--output) needs no broker
     dest = p.add_argument_group("destination (one of --bootstrap-servers and --output)")
-    if not has_kafka_flags:
-        dest.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]",
-                          default=env_default("bootstrap_servers", None),
-                          help="Kafka brokers to send to [STREAMER_BOOTSTRAP_SERVERS]")
     dest.add_argument("--output", metavar="FILE",
                       help="write the events as JSONL to FILE (- for stdout) instead of Kafka")
     p.add_argument("--topic", default=env_default("input_topic", "events"), metavar="TOPIC",
@@ -124,33 +122,13 @@ def _flag(text: str) -> bool:
     raise _BadValue(f"expected 1/0, true/false, yes/no or on/off, got {text!r}")
 
 
-def _add_connection_options(p) -> bool:
-    """--bootstrap-servers and the Kafka security flags shared with `streamer serve` (TLS, SASL).
-
-    File mode (--output) needs no broker, so the shared flags must not make --bootstrap-servers
-    required; returns False (plain --bootstrap-servers only) if the shared module cannot do that.
-    """
-    try:
-        from streamer.kafka.config import add_connection_options
-    except ImportError:
-        return False
-    try:
-        add_connection_options(p, required=False)
-    except TypeError:  # no `required` parameter: it would make --bootstrap-servers mandatory
-        return False
-    return True
-
-
 def _client_kwargs(args) -> dict:
     """kafka-python connection keyword arguments (servers, client id, TLS/SASL) from the flags."""
-    if hasattr(args, "security_protocol"):
-        from streamer.kafka.config import connection_from_args
+    from streamer.kafka.config import connection_from_args
 
-        kwargs = connection_from_args(args).client_kwargs()
-        kwargs["client_id"] = "streamer-produce"
-        return kwargs
-    return {"bootstrap_servers": [s.strip() for s in args.bootstrap_servers.split(",") if s.strip()],
-            "client_id": "streamer-produce"}
+    kwargs = connection_from_args(args).client_kwargs()
+    kwargs["client_id"] = "streamer-produce"
+    return kwargs
 
 
 def run(args) -> int:
@@ -256,9 +234,9 @@ class _Sink:
         topic = self.args.topic
         timeout_ms = int(self.args.connect_timeout * 1000)
         try:
+            kwargs = {**_client_kwargs(self.args), "bootstrap_timeout_ms": timeout_ms}
             self._producer = KafkaProducer(acks="all", linger_ms=5, allow_auto_create_topics=False,
-                                           max_block_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms,
-                                           **_client_kwargs(self.args))
+                                           max_block_ms=timeout_ms, **kwargs)
         except KafkaError as exc:
             raise UserError(f"no Kafka broker answers at {servers} within {self.args.connect_timeout:g} s "
                             f"({exc}); check --bootstrap-servers and that the broker is up") from None

@@ -171,13 +171,16 @@ def default_transactional_id(group_id: str, input_topic: str) -> str:
 # --------------------------------------------------------------------------- flags
 
 
-def add_connection_options(p) -> None:
-    """--bootstrap-servers and the TLS/SASL flags (each also settable as STREAMER_<NAME>)."""
+def add_connection_options(p, required: bool = True) -> None:
+    """--bootstrap-servers and the TLS/SASL flags (each also settable as STREAMER_<NAME>).
+
+    `required=False` leaves --bootstrap-servers optional (a command that can also write to a file)."""
     from streamer.cli import env_default
 
     g = p.add_argument_group("Kafka connection and security")
     servers = env_default("bootstrap_servers", None)
-    g.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]", default=servers, required=servers is None,
+    g.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]", default=servers,
+                   required=required and servers is None,
                    help="Kafka brokers to bootstrap from [STREAMER_BOOTSTRAP_SERVERS]")
     g.add_argument("--security-protocol", choices=SECURITY_PROTOCOLS,
                    default=env_default("security_protocol", "PLAINTEXT"),
