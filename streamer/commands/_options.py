@@ -12,7 +12,7 @@ import sys
 from streamer.errors import UserError
 
 
-class _BadValue(argparse.ArgumentTypeError, ValueError):
+class BadValue(argparse.ArgumentTypeError, ValueError):
     """A flag value error that argparse prints verbatim and env_default() also understands."""
 
 
@@ -20,9 +20,9 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise _BadValue(f"expected a whole number, got {text!r}") from None
+        raise BadValue(f"expected a whole number, got {text!r}") from None
     if value < 1:
-        raise _BadValue(f"expected a number >= 1, got {value}")
+        raise BadValue(f"expected a number >= 1, got {value}")
     return value
 
 
@@ -30,19 +30,42 @@ def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise _BadValue(f"expected a number of seconds, got {text!r}") from None
+        raise BadValue(f"expected a number of seconds, got {text!r}") from None
     if not value > 0 or value == float("inf"):
-        raise _BadValue(f"expected a finite number of seconds > 0, got {text}")
+        raise BadValue(f"expected a finite number of seconds > 0, got {text}")
     return value
+
+
+def int_at_least(low: int):
+    """A flag type: a whole number >= low."""
+    def cast(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise BadValue(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise BadValue(f"expected a number >= {low}, got {value}")
+        return value
+    return cast
+
+
+def flag(text: str) -> bool:
+    """A boolean from an environment variable: 1/0, true/false, yes/no, on/off (empty = false)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise BadValue(f"expected 1/0, true/false, yes/no or on/off, got {text!r}")
 
 
 def _port(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise _BadValue(f"expected a port number, got {text!r}") from None
+        raise BadValue(f"expected a port number, got {text!r}") from None
     if not 0 <= value <= 65535:
-        raise _BadValue(f"expected a port from 0 to 65535 (0: any free port), got {value}")
+        raise BadValue(f"expected a port from 0 to 65535 (0: any free port), got {value}")
     return value
 
 

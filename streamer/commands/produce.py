@@ -7,43 +7,29 @@ keyed by its stream_id and carrying `step` and `ts` (epoch ms). See `streamer.lo
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 
 PROG = "streamer produce"
 
 
-class _BadValue(argparse.ArgumentTypeError, ValueError):
-    """A flag value error that argparse prints verbatim and env_default() also understands."""
-
-
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise _BadValue(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise _BadValue(f"expected a number >= {minimum}, got {value}")
-        return value
-    return parse
+from streamer.commands._options import BadValue, flag as _flag, int_at_least as _count
 
 
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise _BadValue(f"expected a number, got {text!r}") from None
+        raise BadValue(f"expected a number, got {text!r}") from None
     if not value >= 0 or value == float("inf"):
-        raise _BadValue(f"expected a finite number >= 0, got {text}")
+        raise BadValue(f"expected a finite number >= 0, got {text}")
     return value
 
 
 def _positive_float(text: str) -> float:
     value = _non_negative_float(text)
     if value == 0:
-        raise _BadValue("expected a number > 0, got 0")
+        raise BadValue("expected a number > 0, got 0")
     return value
 
 
@@ -111,15 +97,6 @@ def register(subparsers) -> None:
                         "[STREAMER_CONNECT_TIMEOUT]")
     p.add_argument("--quiet", action="store_true", help="no summary on stderr")
     p.set_defaults(func=run)
-
-
-def _flag(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise _BadValue(f"expected 1/0, true/false, yes/no or on/off, got {text!r}")
 
 
 def _client_kwargs(args) -> dict:

@@ -6,52 +6,17 @@ e.g. STREAMER_BOOTSTRAP_SERVERS, STREAMER_EXACTLY_ONCE=1, STREAMER_SASL_PASSWORD
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import signal
 import sys
 import threading
 
-from streamer.commands._options import add_engine_options, add_metrics_options
+from streamer.commands._options import add_engine_options, add_metrics_options, flag as _flag
+from streamer.commands._options import int_at_least as _int_at_least, positive_float as _seconds
 
 PROG = "streamer serve"
 DEFAULT_METRICS_PORT = 8000
-
-
-class _BadValue(argparse.ArgumentTypeError, ValueError):
-    pass
-
-
-def _int_at_least(low: int):
-    def cast(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise _BadValue(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise _BadValue(f"expected a number >= {low}, got {value}")
-        return value
-    return cast
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise _BadValue(f"expected a number of seconds, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise _BadValue(f"expected a finite number of seconds > 0, got {text}")
-    return value
-
-
-def _flag(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise _BadValue(f"expected 1/0, true/false, yes/no or on/off, got {text!r}")
 
 
 def register(subparsers) -> None:

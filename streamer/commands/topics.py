@@ -6,25 +6,10 @@ so `streamer topics create --partitions 6` prepares exactly the topics a later `
 
 from __future__ import annotations
 
-import argparse
+
+from streamer.commands._options import int_at_least as _int_at_least
 
 PROG = "streamer topics"
-
-
-class _BadValue(argparse.ArgumentTypeError, ValueError):
-    pass
-
-
-def _int_at_least(low: int):
-    def cast(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise _BadValue(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise _BadValue(f"expected a number >= {low}, got {value}")
-        return value
-    return cast
 
 
 def register(subparsers) -> None:
