@@ -52,24 +52,8 @@ sys.path.insert(0, str(REPO))
 
 from models.stepmodel import StepModel  # noqa: E402
 
-F, UNITS, OUT = 5, (32, 8), 2
+from bench_engine import F, qa_step_model  # noqa: E402  (same Q&A-shaped model as the engine benchmark)
 SERVE_FLAGS = ["--session-timeout-ms", "6000", "--heartbeat-interval-ms", "1000"]  # else serve's defaults
-
-
-def qa_step_model(seed: int = 0) -> StepModel:
-    rng = np.random.default_rng(seed)
-    layers, weights, size = [], {}, F
-    for i, u in enumerate(UNITS):
-        layers.append({"kind": "lstm", "name": f"lstm_{i}", "units": u})
-        weights[f"{i}.kernel"] = rng.normal(0, 0.5, (size, 4 * u)).astype(np.float32)
-        weights[f"{i}.recurrent_kernel"] = rng.normal(0, 0.3, (u, 4 * u)).astype(np.float32)
-        weights[f"{i}.bias"] = rng.normal(0, 0.1, (4 * u,)).astype(np.float32)
-        size = u
-    n = len(UNITS)
-    layers.append({"kind": "dense", "name": "dense", "units": OUT, "activation": "sigmoid"})
-    weights[f"{n}.kernel"] = rng.normal(0, 0.5, (size, OUT)).astype(np.float32)
-    weights[f"{n}.bias"] = np.zeros(OUT, np.float32)
-    return StepModel(layers, weights, F)
 
 
 # --------------------------------------------------------------------------- Kafka helpers

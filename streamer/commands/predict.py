@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
+from streamer.commands._options import positive_int as _positive_int
 
 
 def register(subparsers) -> None:

@@ -5,23 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 
+from streamer.commands._options import int_at_least, positive_int as _positive_int
+
 # Flags that only make sense with --synthetic (defaults filled in run()).
 _SYNTHETIC_DEFAULTS = {"sequences": 4000, "min_len": 10, "max_len": 100, "eval_sequences": 200, "eval_max_len": 1000}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _positive_int(text) if text.strip() != "0" else 0
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -73,7 +60,7 @@ def register(subparsers) -> None:
     s.add_argument("--sequences", type=_positive_int, help="training sequences (default 4000)")
     s.add_argument("--min-len", type=_positive_int, help="shortest training sequence (default 10)")
     s.add_argument("--max-len", type=_positive_int, help="longest training sequence (default 100)")
-    s.add_argument("--eval-sequences", type=_non_negative_int,
+    s.add_argument("--eval-sequences", type=int_at_least(0),
                    help="fresh sequences of lengths 10..--eval-max-len to check after training (default 200; 0: skip)")
     s.add_argument("--eval-max-len", type=_positive_int, help="longest evaluation sequence (default 1000)")
     p.set_defaults(func=run)
