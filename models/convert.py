@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.errors import ConversionError
+from models.graph import linear_layers
 from models.stepmodel import StepModel
 
 # Identity at inference time (training-only noise/dropout, regularisers).
@@ -163,7 +164,7 @@ def _add_layer(chain: _Chain, layer, is_last: bool):
     if kind in _IDENTITY:
         return
     if kind in ("Sequential", "Functional"):
-        for inner, inner_last in _linear_layers(layer, is_last):
+        for inner, inner_last in linear_layers(layer, is_last):
             _add_layer(chain, inner, inner_last)
         return
     if kind == "Masking":
@@ -231,83 +232,6 @@ def _add_layer(chain: _Chain, layer, is_last: bool):
     _refuse(layer, why)
 
 
-def _history(obj) -> list[str]:
-    """Names of the layers whose output tensors appear anywhere in a functional-config value."""
-    found = []
-    if isinstance(obj, dict):
-        if obj.get("class_name") == "__keras_tensor__":
-            return [obj["config"]["keras_history"][0]]
-        for v in obj.values():
-            found += _history(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            found += _history(v)
-    return found
-
-
-def _endpoint_names(value) -> list[str]:
-    """['name', 0, 0] or [['name', 0, 0], ...] (functional config input_layers/output_layers)."""
-    if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
-        return [value[0]]
-    return [v[0] for v in value or []]
-
-
-def _not_linear(model, why: str):
-    raise ConversionError(f"model '{model.name}' is not a linear chain of layers: {why}; "
-                          "only single-input single-output chains can be converted")
-
-
-def _functional_chain(model) -> list:
-    """The layers of a Functional model in order, checked (via its public config) to form a chain."""
-    try:
-        config = model.get_config()
-        entries = config["layers"]
-        in_names = _endpoint_names(config["input_layers"])
-        out_names = _endpoint_names(config["output_layers"])
-    except Exception as exc:  # noqa: BLE001 - any failure means we cannot prove the topology
-        raise ConversionError(f"model '{model.name}': cannot read its layer graph ({exc})") from None
-    if len(in_names) != 1 or len(out_names) != 1:
-        _not_linear(model, f"{len(in_names)} inputs and {len(out_names)} outputs")
-    prev = in_names[0]
-    layers = []
-    for entry in entries:
-        name = entry["name"]
-        if entry.get("class_name") == "InputLayer":
-            if name != in_names[0]:
-                _not_linear(model, f"extra input '{name}'")
-            continue
-        nodes = entry.get("inbound_nodes") or []
-        if len(nodes) != 1:
-            _not_linear(model, f"layer '{name}' is called {len(nodes)} times")
-        sources = _history(nodes[0])
-        if sources != [prev]:
-            got = ", ".join(f"'{s}'" for s in sources) or "nothing"
-            _not_linear(model, f"layer '{name}' takes {got} instead of just the previous layer '{prev}'")
-        kwargs = nodes[0].get("kwargs") or {}
-        layer = model.get_layer(name)
-        if kwargs.get("training") is True and _kind(layer) in _IDENTITY:
-            _refuse(layer, "it is called with training=True, so it is random at inference too")
-        layers.append(layer)
-        prev = name
-    if prev != out_names[0]:
-        _not_linear(model, f"the chain ends at '{prev}' but the output is '{out_names[0]}'")
-    return layers
-
-
-def _linear_layers(model, is_last_outer: bool = True):
-    """The model's layers in order, checking that they form a single-input single-output chain.
-
-    Yields (layer, is_last) where is_last marks the layer whose output is the model's output.
-    """
-    inputs = list(getattr(model, "inputs", None) or [])
-    outputs = list(getattr(model, "outputs", None) or [])
-    if len(inputs) != 1 or len(outputs) != 1:
-        _not_linear(model, f"{len(inputs)} inputs and {len(outputs)} outputs")
-    layers = list(model.layers) if _kind(model) == "Sequential" else _functional_chain(model)
-    for i, layer in enumerate(layers):
-        yield layer, is_last_outer and i == len(layers) - 1
-
-
 def _input_features(model) -> int:
     in_shape = tuple(model.inputs[0].shape)
     if len(in_shape) != 3 or in_shape[-1] is None:
@@ -347,13 +271,13 @@ def convert_model(keras_model, *, verify: bool = True) -> StepModel:
             "e.g. keras.Sequential([keras.Input((None, 5)), ...])")
     feature_size = _input_features(keras_model)
     chain = _Chain()
-    for layer, is_last in _linear_layers(keras_model):
+    for layer, is_last in linear_layers(keras_model):
         _add_layer(chain, layer, is_last)
     output_size = _output_features(keras_model)
     if not chain.layers:
         raise ConversionError(f"model '{keras_model.name}' has no layer that computes anything")
     source = {"keras_version": keras.__version__, "keras_model": keras_model.name,
-              "keras_layers": [f"{layer.name}:{_kind(layer)}" for layer, _ in _linear_layers(keras_model)]}
+              "keras_layers": [f"{layer.name}:{_kind(layer)}" for layer, _ in linear_layers(keras_model)]}
     step_model = StepModel(chain.layers, chain.weights, feature_size, chain.mask_value, source=source)
     if step_model.output_size != output_size:
         raise ConversionError(f"converted model gives {step_model.output_size} outputs per step, "
@@ -365,7 +289,7 @@ def convert_model(keras_model, *, verify: bool = True) -> StepModel:
 
 def _verify(keras_model, step_model: StepModel, steps: int = 6) -> None:
     """Compare with an eager Keras call on a short random sequence; ConversionError if they differ."""
-    layers = [layer for layer, _ in _linear_layers(keras_model)]
+    layers = [layer for layer, _ in linear_layers(keras_model)]
     if any(getattr(layer, "stateful", False) for layer in layers):
         return  # calling a stateful Keras model would change its carried state: skip the check
     half = any(getattr(layer, "compute_dtype", "float32") != "float32" for layer in layers)
