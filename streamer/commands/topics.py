@@ -48,18 +48,21 @@ def run(args) -> int:
     from kafka.errors import KafkaError
 
     from streamer.errors import UserError
+    from streamer.kafka import acls, failures
     from streamer.kafka import topics as topic_admin
     from streamer.kafka.config import ClientTuning, connection_from_args, topics_from_args
 
     conn = connection_from_args(args)
     topics = topics_from_args(args)
+    needs = acls.topics_create_needs(topics)
     try:
         from kafka import KafkaAdminClient
 
         admin = KafkaAdminClient(**ClientTuning(group_id=args.group_id).admin_kwargs(conn))
     except KafkaError as exc:
-        raise UserError(f"cannot reach Kafka at {args.bootstrap_servers} ({type(exc).__name__}: {exc}); is the "
-                        "broker up and --bootstrap-servers right?") from None
+        raise UserError(failures.explain(exc, conn, needs)
+                        or f"cannot reach Kafka at {args.bootstrap_servers} ({type(exc).__name__}: {exc}); is the "
+                           "broker up and --bootstrap-servers right?") from None
     try:
         if args.action == "create":
             before = topic_admin.describe(admin, topics.all())
@@ -74,7 +77,8 @@ def run(args) -> int:
                 print(f"{name}\t" + ("missing" if counts[name] is None else f"{counts[name]} partitions"))
             topic_admin.check_changelog(counts, topics)
     except KafkaError as exc:
-        raise UserError(f"Kafka refused: {type(exc).__name__}: {exc}") from None
+        raise UserError(failures.explain(exc, conn, needs, probe=False)
+                        or f"Kafka refused: {type(exc).__name__}: {exc}") from None
     finally:
         admin.close()
     return 0
