@@ -31,9 +31,25 @@ def register(subparsers) -> None:
                                         "unless --replication-factor) and check the existing ones.")
     describe = sub.add_parser("describe", help="show the topics' partition counts",
                               description="Print each topic's partition count (or 'missing').")
+    acl = sub.add_parser("acls", help="print the kafka-acls.sh lines that let a principal run serve",
+                         description="Print the kafka-acls.sh lines that grant --principal what `streamer serve` "
+                                     "needs on these topics and group (least privilege: nothing on the cluster), "
+                                     "and with --producer-principal what `streamer produce` needs on the input "
+                                     "topic. Nothing is sent to the broker.")
     for q in (create, describe):
         add_connection_options(q)
         add_topic_options(q)
+    add_topic_options(acl)
+    acl.add_argument("--principal", default="User:" + (env_default("sasl_username", None) or "streamer"),
+                     help="the principal serve authenticates as (default User:$STREAMER_SASL_USERNAME, else "
+                          "User:streamer)")
+    acl.add_argument("--producer-principal", metavar="PRINCIPAL", help="also the lines for a producer of events")
+    acl.add_argument("--exactly-once", action="store_true", help="also its transactional id (prefix)")
+    acl.add_argument("--transactional-id", metavar="ID", help="--exactly-once with this id (default: the prefix "
+                                                                "of the default ids, streamer-<group>-<input>-)")
+    acl.add_argument("--create-topics", action="store_true", help="also Create on the topics (serve --create-topics)")
+    acl.add_argument("--bootstrap-servers", default=env_default("bootstrap_servers", "BROKER:PORT"),
+                     help="the broker in the printed lines [STREAMER_BOOTSTRAP_SERVERS]")
     create.add_argument("--partitions", type=_int_at_least(1), metavar="N",
                         default=env_default("partitions", None, _int_at_least(1)),
                         help="partitions of the created topics (default: the input topic's when it exists, else 1); "
@@ -52,8 +68,17 @@ def run(args) -> int:
     from streamer.kafka import topics as topic_admin
     from streamer.kafka.config import ClientTuning, connection_from_args, topics_from_args
 
-    conn = connection_from_args(args)
     topics = topics_from_args(args)
+    if args.action == "acls":
+        needs = acls.serve_needs(topics, args.group_id, exactly_once=args.exactly_once,
+                                 transactional_id=args.transactional_id, create_topics=args.create_topics)
+        lines = [n.kafka_acls(args.principal, args.bootstrap_servers) for n in needs]
+        if args.producer_principal:
+            lines += [n.kafka_acls(args.producer_principal, args.bootstrap_servers)
+                      for n in acls.producer_needs(topics.input)]
+        print("\n".join(lines))
+        return 0
+    conn = connection_from_args(args)
     needs = acls.topics_create_needs(topics)
     try:
         from kafka import KafkaAdminClient
