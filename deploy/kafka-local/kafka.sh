@@ -199,42 +199,25 @@ ssl.enabled.protocols=TLSv1.3,TLSv1.2
 # Nothing is allowed without an ACL; the admin (as which the broker logs in to itself) may do anything.
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 allow.everyone.if.no.acl.found=false
-super.users=User:admin;User:$BROKER_PRINCIPAL
+super.users=User:admin;User:CN=$BROKER_CN
 EOF
 }
 
 # --- KAFKA_SECURITY=sasl_ssl: certificates, users and ACLs ----------------------------------------
-BROKER_PRINCIPAL='CN=kafka-local-broker'
+BROKER_CN=kafka-local-broker  # its certificate's subject CN: the broker's principal on the controller listener
 SERVE_USER=streamer
 PRODUCER_USER=producer
 
 secret() { sed -n "s/^$1=//p" "$SECURE/users.env"; }
 
-# A CA, a broker certificate (127.0.0.1 and localhost) signed by it, and a random password per user.
-# Made once per data directory: the SCRAM users are written into the storage when it is formatted.
+# A CA, a broker certificate (127.0.0.1 and localhost) signed by it (deploy/make-certs.sh), and a random
+# password per user. Made once per data directory: the SCRAM users go into the storage when it is formatted.
 make_secrets() {
   [ -f "$DATA/meta.properties" ] && [ -f "$SECURE/users.env" ] && [ -f "$SECURE/broker.p12" ] && return 0
-  command -v openssl >/dev/null 2>&1 || die "openssl is needed to make the broker's certificates (apt-get install openssl)"
   rm -rf "$SECURE"
-  mkdir -p "$SECURE"
-  chmod 700 "$SECURE"
   say "making a CA, the broker certificate and the SCRAM users' passwords in $SECURE"
-  local out
-  out=$(umask 077; cd "$SECURE" && {
-    openssl req -x509 -newkey rsa:2048 -sha256 -nodes -days 825 -subj "/CN=kafka-local CA" \
-      -keyout ca.key -out ca.pem \
-    && openssl req -newkey rsa:2048 -sha256 -nodes -subj "/$BROKER_PRINCIPAL" -keyout broker.key -out broker.csr \
-    && printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
-         "keyUsage=digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth,clientAuth" >broker.ext \
-    && openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 -sha256 \
-         -extfile broker.ext -out broker.pem \
-    && openssl rand -hex 24 >broker.p12.pass \
-    && STORE_PASS=$(cat broker.p12.pass) openssl pkcs12 -export -name broker -in broker.pem -inkey broker.key \
-         -certfile ca.pem -passout env:STORE_PASS -out broker.p12; } 2>&1) \
-    || { echo "$out" >&2; die "making the certificates with openssl failed"; }
-  # Nobody needs the CA key again (a new broker gets a new CA), nor the broker key outside its key store.
-  rm -f "$SECURE"/{ca.key,ca.srl,broker.key,broker.csr,broker.ext}
-  chmod 644 "$SECURE/ca.pem" "$SECURE/broker.pem"
+  bash "$HERE/../make-certs.sh" "$SECURE" broker "$BROKER_CN" "IP:127.0.0.1,DNS:localhost" \
+    || die "making the certificates with openssl failed"
   (umask 077
    {
      echo "# SCRAM-SHA-512 users of the local broker on 127.0.0.1:$PORT (made by kafka.sh; random per broker)."

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "topics",
-        help="create or describe the Kafka topics `streamer serve` uses",
+        help="create or describe the Kafka topics `streamer serve` uses, and print or apply its ACLs",
         description="Create (or describe) the input, output, dead-letter and changelog topics of one deployment. "
                     "The changelog (default <group-id>-<input-topic>-changelog) is compacted and always has the "
                     "input topic's partition count. Existing topics are left alone; an existing changelog whose "
@@ -31,15 +31,18 @@ def register(subparsers) -> None:
                                         "unless --replication-factor) and check the existing ones.")
     describe = sub.add_parser("describe", help="show the topics' partition counts",
                               description="Print each topic's partition count (or 'missing').")
-    acl = sub.add_parser("acls", help="print the kafka-acls.sh lines that let a principal run serve",
+    acl = sub.add_parser("acls", help="print (or --apply) the ACLs that let a principal run serve",
                          description="Print the kafka-acls.sh lines that grant --principal what `streamer serve` "
                                      "needs on these topics and group (least privilege: nothing on the cluster), "
                                      "and with --producer-principal what `streamer produce` needs on the input "
-                                     "topic. Nothing is sent to the broker.")
+                                     "topic. Nothing is sent to the broker unless --apply: then they are created "
+                                     "(connected as a user allowed to, e.g. an admin).")
     for q in (create, describe):
         add_connection_options(q)
         add_topic_options(q)
+    add_connection_options(acl, required=False)
     add_topic_options(acl)
+    acl.add_argument("--apply", action="store_true", help="create the ACLs on the broker instead of printing them")
     acl.add_argument("--principal", default="User:" + (env_default("sasl_username", None) or "streamer"),
                      help="the principal serve authenticates as (default User:$STREAMER_SASL_USERNAME, else "
                           "User:streamer)")
@@ -48,8 +51,6 @@ def register(subparsers) -> None:
     acl.add_argument("--transactional-id", metavar="ID", help="--exactly-once with this id (default: the prefix "
                                                                 "of the default ids, streamer-<group>-<input>-)")
     acl.add_argument("--create-topics", action="store_true", help="also Create on the topics (serve --create-topics)")
-    acl.add_argument("--bootstrap-servers", default=env_default("bootstrap_servers", "BROKER:PORT"),
-                     help="the broker in the printed lines [STREAMER_BOOTSTRAP_SERVERS]")
     create.add_argument("--partitions", type=_int_at_least(1), metavar="N",
                         default=env_default("partitions", None, _int_at_least(1)),
                         help="partitions of the created topics (default: the input topic's when it exists, else 1); "
@@ -70,14 +71,7 @@ def run(args) -> int:
 
     topics = topics_from_args(args)
     if args.action == "acls":
-        needs = acls.serve_needs(topics, args.group_id, exactly_once=args.exactly_once,
-                                 transactional_id=args.transactional_id, create_topics=args.create_topics)
-        lines = [n.kafka_acls(args.principal, args.bootstrap_servers) for n in needs]
-        if args.producer_principal:
-            lines += [n.kafka_acls(args.producer_principal, args.bootstrap_servers)
-                      for n in acls.producer_needs(topics.input)]
-        print("\n".join(lines))
-        return 0
+        return _acls(args, topics)
     conn = connection_from_args(args)
     needs = acls.topics_create_needs(topics)
     try:
@@ -106,4 +100,48 @@ def run(args) -> int:
                         or f"Kafka refused: {type(exc).__name__}: {exc}") from None
     finally:
         admin.close()
+    return 0
+
+
+def _acls(args, topics) -> int:
+    """Print the ACLs of serve's principal (and a producer's), or create them with --apply."""
+    from kafka.errors import KafkaError
+
+    from streamer.errors import UserError
+    from streamer.kafka import acls, failures
+    from streamer.kafka.config import ClientTuning, connection_from_args
+
+    grants = [(args.principal, acls.serve_needs(topics, args.group_id, exactly_once=args.exactly_once,
+                                                transactional_id=args.transactional_id,
+                                                create_topics=args.create_topics))]
+    if args.producer_principal:
+        grants.append((args.producer_principal, acls.producer_needs(topics.input)))
+    if not args.apply:
+        for principal, needs in grants:
+            for need in needs:
+                print(need.kafka_acls(principal, args.bootstrap_servers or "BROKER:PORT"))
+        return 0
+    if not args.bootstrap_servers:
+        raise UserError("--apply needs --bootstrap-servers (or STREAMER_BOOTSTRAP_SERVERS)")
+    conn = connection_from_args(args)
+    try:
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(**ClientTuning(group_id=args.group_id).admin_kwargs(conn))
+        try:
+            for principal, needs in grants:
+                result = admin.create_acls(acls.kafka_python_acls(principal, needs))
+                if result["failed"]:
+                    error = result["failed"][0]
+                    raise UserError(f"the broker refused to create the ACLs for {principal} "
+                                    f"({getattr(error, '__name__', error)}); --apply as a user allowed to Alter "
+                                    f"the cluster (an admin), or have one run the lines `streamer topics acls` "
+                                    "prints")
+                for need in needs:
+                    print(f"granted {principal}: {', '.join(need.operations)} on {need.resource} {need.name}"
+                          + (" (prefix)" if need.prefixed else ""))
+        finally:
+            admin.close()
+    except KafkaError as exc:
+        raise UserError(failures.explain(exc, conn) or f"Kafka refused: {type(exc).__name__}: {exc}") from None
     return 0
