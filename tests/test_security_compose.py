@@ -97,7 +97,7 @@ def test_passwords_are_compose_secrets_only(compose, services):
         assert Path(secret["file"]).parent == Path("./deploy/compose-secure/secrets")
     assert re.search(r"^/deploy/compose-secure/secrets/$", (ds.REPO / ".gitignore").read_text(), re.M)
     for path in ("docker-compose.yml", "docker-compose.secure.yml"):
-        assert not re.search(r"(?i)password\s*[:=]\s*\w", (ds.REPO / path).read_text().replace(
+        assert not re.search(r"(?i)password[ \t]*[:=][ \t]*\w", (ds.REPO / path).read_text().replace(
             "GRAFANA_ADMIN_PASSWORD", "")), path
 
 
