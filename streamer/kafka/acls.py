@@ -127,11 +127,13 @@ def missing_topic_access(described, needs) -> list[tuple[Need, tuple[str, ...]]]
 
 
 def check_topic_access(admin, needs, conn) -> None:
-    """Raise UserError naming every topic and operation `conn`'s principal lacks (kafka-python admin client)."""
-    names = [n.name for n in needs if n.resource == TOPIC and "Create" not in n.operations]
-    if not names:
+    """Raise UserError naming every topic and operation `conn`'s principal lacks (kafka-python admin client).
+    Call it once the topics exist: Create is not judged (a topic that exists needs no Create)."""
+    topics = [Need(n.resource, n.name, tuple(op for op in n.operations if op != "Create"), n.prefixed)
+              for n in needs if n.resource == TOPIC]
+    if not topics:
         return
-    missing = missing_topic_access(admin.describe_topics(names), needs)
+    missing = missing_topic_access(admin.describe_topics([n.name for n in topics]), topics)
     if missing:
         raise UserError(missing_access_line(missing, conn))
 
