@@ -81,14 +81,15 @@ def produce(bootstrap: str, topic: str, messages, transactional: bool = False) -
 
 
 def read_topic(bootstrap: str, topic: str, *, isolation: str = "read_uncommitted", until=None,
-               timeout_s: float = 60.0, settle_s: float = 0.0) -> list:
+               timeout_s: float = 60.0, settle_s: float = 0.0, client: dict | None = None) -> list:
     """Every record of `topic` from the beginning. With `until(records) -> bool`, keep reading (re-checking
-    the end offsets) until it holds or the timeout passes; then read for `settle_s` more seconds."""
+    the end offsets) until it holds or the timeout passes; then read for `settle_s` more seconds.
+    `client`: more kafka-python settings (TLS/SASL)."""
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation,
-                             max_poll_records=5000)
+    consumer = KafkaConsumer(**{"bootstrap_servers": bootstrap, "enable_auto_commit": False,
+                                "isolation_level": isolation, "max_poll_records": 5000, **(client or {})})
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]

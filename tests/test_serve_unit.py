@@ -12,7 +12,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from streamer.errors import UserError
 from streamer.kafka import changelog
 from streamer.kafka.checkpoint import Checkpoint, DeliveryError
-from streamer.kafka.config import ClientTuning, Connection
+from streamer.kafka.config import ClientTuning, Connection, connection_from_args
 from streamer.kafka.restore import ModelChanged, Restorer
 from streamer.kafka.topics import Topics
 from streamer.state import StateMismatch, StateStore, StreamRecord
@@ -301,9 +301,13 @@ def test_serve_flags_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("STREAMER_SASL_PASSWORD", "from-env")
     monkeypatch.setenv("STREAMER_EXACTLY_ONCE", "1")
     monkeypatch.setenv("STREAMER_INPUT_TOPIC", "ev")
+    monkeypatch.setenv("STREAMER_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("STREAMER_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("STREAMER_SASL_USERNAME", "u")
     args = build_parser().parse_args(["serve"])
-    assert (args.bootstrap_servers, args.model, args.sasl_password, args.exactly_once, args.input_topic) == (
-        "b:9092", "/models/m", "from-env", True, "ev")
+    assert (args.bootstrap_servers, args.model, args.exactly_once, args.input_topic) == (
+        "b:9092", "/models/m", True, "ev")
+    assert connection_from_args(args).sasl_password == "from-env"
     assert args.metrics_host == "127.0.0.1" and args.metrics_port == 8000
 
 

@@ -128,6 +128,7 @@ def run(args) -> int:
                                prefix=prefix)
     stop = _StopFlag()
     with _Sink(args) as sink:
+        sink.on_fatal = stop.set
         previous = {sig: signal.signal(sig, stop.set) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             summary = run_load(generator, sink.send, rate=args.rate, duration=args.duration,
@@ -138,6 +139,8 @@ def run(args) -> int:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         sink.flush()
+    if sink.fatal:
+        raise UserError(f"{sink.fatal} ({sink.failed} of {summary.events} events not delivered)")
     if sink.failed:
         print(f"{PROG}: {sink.failed} of {summary.events} events were not delivered: {sink.first_error}",
               file=sys.stderr)
@@ -171,6 +174,8 @@ class _Sink:
         self.args = args
         self.failed = 0
         self.first_error = None
+        self.fatal = None  # the line of a failure that retrying cannot fix
+        self.on_fatal = None
         self._producer = None
         self._file = None
         self._close_file = False
@@ -215,12 +220,17 @@ class _Sink:
             self._producer = KafkaProducer(acks="all", linger_ms=5, allow_auto_create_topics=False,
                                            max_block_ms=timeout_ms, **kwargs)
         except KafkaError as exc:
-            raise UserError(f"no Kafka broker answers at {servers} within {self.args.connect_timeout:g} s "
-                            f"({exc}); check --bootstrap-servers and that the broker is up") from None
+            raise UserError(self._explain(exc)
+                            or f"no Kafka broker answers at {servers} within {self.args.connect_timeout:g} s "
+                               f"({exc}); check --bootstrap-servers and that the broker is up") from None
         try:
             partitions = self._producer.partitions_for(topic)
-        except KafkaError:
-            partitions = None
+        except KafkaError as exc:
+            partitions, line = None, self._explain(exc, probe=False)
+            if line:
+                self._producer.close(timeout=5)
+                self._producer = None
+                raise UserError(line) from None
         if not partitions:
             self._producer.close(timeout=5)
             self._producer = None
@@ -237,10 +247,21 @@ class _Sink:
         self.send = send
         self.target = f"kafka topic {topic} ({len(partitions)} partitions) at {servers}"
 
+    def _explain(self, exc, probe: bool = True) -> str | None:
+        """A line for a failure that retrying cannot fix (authentication, ACLs, TLS), else None."""
+        from streamer.kafka import acls, failures
+        from streamer.kafka.config import connection_from_args
+
+        return failures.explain(exc, connection_from_args(self.args), acls.producer_needs(self.args.topic),
+                                probe=probe)
+
     def _failed(self, exc) -> None:
         self.failed += 1
         if self.first_error is None:
             self.first_error = f"{type(exc).__name__}: {exc}"
+            self.fatal = self._explain(exc, probe=False)
+            if self.fatal and self.on_fatal is not None:
+                self.on_fatal()  # e.g. no Write ACL: every further event would fail the same way
 
     def flush(self) -> None:
         if self._producer is not None:

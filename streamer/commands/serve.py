@@ -130,6 +130,7 @@ def run(args) -> int:
     from streamer.commands._options import engine_config, start_metrics_server
     from streamer.engine import Engine
     from streamer.errors import UserError
+    from streamer.kafka import acls, failures, secrets
     from streamer.kafka import topics as topic_admin
     from streamer.kafka.config import (ClientTuning, connection_from_args, default_transactional_id,
                                        topics_from_args)
@@ -144,9 +145,12 @@ def run(args) -> int:
     sys.setswitchinterval(0.001)
     log = logging.getLogger("streamer.serve")
     conn = connection_from_args(args)
+    secrets.mask_in_logs([conn.sasl_password, conn.ssl_key_password])  # kafka-python logs its config at DEBUG
     topics = topics_from_args(args)
     if args.transactional_id is not None and not args.exactly_once:
         raise UserError("--transactional-id only applies with --exactly-once")
+    needs = acls.serve_needs(topics, args.group_id, exactly_once=args.exactly_once,
+                             transactional_id=args.transactional_id, create_topics=args.create_topics)
     tuning = ClientTuning(
         group_id=args.group_id, max_poll_records=args.poll_max_records, session_timeout_ms=args.session_timeout_ms,
         heartbeat_interval_ms=args.heartbeat_interval_ms, max_poll_interval_ms=args.max_poll_interval_ms,
@@ -172,16 +176,20 @@ def run(args) -> int:
     log.info("model %s (%d features -> %d outputs, state %d floats); topics %s -> %s, dead letters %s, "
              "changelog %s", model.version, model.feature_size, model.output_size, model.state_size,
              topics.input, topics.output, topics.dlq, topics.changelog)
-    clients = KafkaClients(conn, tuning)
+    clients = KafkaClients(conn, tuning, needs)
     try:
-        admin = retrying(clients.admin, stop, kafka_metrics, "connecting to Kafka")
+        admin = retrying(clients.admin, stop, kafka_metrics, "connecting to Kafka", explain=clients.explain)
         if admin is None:
             return 0
+
+        def check_topics():
+            counts = topic_admin.ensure(admin, topics, create=args.create_topics, partitions=args.partitions,
+                                        replication_factor=args.replication_factor)
+            acls.check_topic_access(admin, needs, conn)  # a missing ACL is named now, not at the first record
+            return counts
+
         try:
-            counts = retrying(lambda: topic_admin.ensure(admin, topics, create=args.create_topics,
-                                                         partitions=args.partitions,
-                                                         replication_factor=args.replication_factor),
-                              stop, kafka_metrics, "checking the topics")
+            counts = retrying(check_topics, stop, kafka_metrics, "checking the topics", explain=clients.explain)
         finally:
             admin.close()
         if counts is None:
@@ -195,8 +203,9 @@ def run(args) -> int:
     except FATAL_ERRORS as exc:
         if isinstance(exc, UserError):
             raise
-        raise UserError(f"Kafka refused: {type(exc).__name__}: {exc}; check the security settings, ACLs "
-                        "and broker version") from None
+        raise UserError(failures.explain(exc, conn, needs, probe=False)
+                        or f"Kafka refused: {type(exc).__name__}: {exc}; check the security settings, ACLs "
+                           "and broker version") from None
     finally:
         if server is not None:
             server.close()

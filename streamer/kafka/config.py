@@ -5,9 +5,9 @@
 a `Connection`, whose `client_kwargs()` are the kafka-python keyword arguments every client gets.
 `ClientTuning` holds the serve loop's consumer/producer knobs and builds the three clients' kwargs.
 
-Secrets (the SASL password, the TLS key password) can come from the environment
-(STREAMER_SASL_PASSWORD, STREAMER_SSL_KEY_PASSWORD) so they need not appear on a command line;
-they are never part of a repr or a log line.
+Secrets (the SASL password, the TLS key password) come from the environment (STREAMER_SASL_PASSWORD,
+STREAMER_SSL_KEY_PASSWORD) or a file (--sasl-password-file, --ssl-key-password-file), never from a flag
+(see streamer.kafka.secrets); they are never part of a repr or a log line.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class Connection:
                                 f"{', '.join(SASL_MECHANISMS)} (got {self.sasl_mechanism!r})")
             if not self.sasl_username or self.sasl_password is None:
                 raise UserError(f"SASL {self.sasl_mechanism} needs --sasl-username and a password "
-                                "(STREAMER_SASL_PASSWORD, or --sasl-password)")
+                                "(STREAMER_SASL_PASSWORD, or --sasl-password-file)")
         elif self.sasl_mechanism or self.sasl_username or self.sasl_password:
             raise UserError(f"SASL settings were given but --security-protocol is {self.security_protocol}; "
                             "use SASL_SSL (or SASL_PLAINTEXT on a trusted network)")
@@ -176,6 +176,7 @@ def add_connection_options(p, required: bool = True) -> None:
 
     `required=False` leaves --bootstrap-servers optional (a command that can also write to a file)."""
     from streamer.cli import env_default
+    from streamer.kafka.secrets import RefuseSecretFlag
 
     g = p.add_argument_group("Kafka connection and security")
     servers = env_default("bootstrap_servers", None)
@@ -191,8 +192,11 @@ def add_connection_options(p, required: bool = True) -> None:
                    help="client certificate for mutual TLS [STREAMER_SSL_CERTFILE]")
     g.add_argument("--ssl-keyfile", metavar="PEM", default=env_default("ssl_keyfile", None),
                    help="client private key for mutual TLS [STREAMER_SSL_KEYFILE]")
-    g.add_argument("--ssl-key-password", metavar="SECRET", default=env_default("ssl_key_password", None),
-                   help="password of --ssl-keyfile; prefer the environment variable [STREAMER_SSL_KEY_PASSWORD]")
+    g.add_argument("--ssl-key-password-file", metavar="FILE", default=env_default("ssl_key_password_file", None),
+                   help="file holding the password of --ssl-keyfile; or set STREAMER_SSL_KEY_PASSWORD "
+                        "[STREAMER_SSL_KEY_PASSWORD_FILE]")
+    g.add_argument("--ssl-key-password", action=RefuseSecretFlag, env_name="STREAMER_SSL_KEY_PASSWORD",
+                   file_flag="--ssl-key-password-file")
     g.add_argument("--ssl-no-check-hostname", action="store_true",
                    default=env_default("ssl_no_check_hostname", False, _flag),
                    help="do not check that the broker certificate names the host (testing only) "
@@ -201,22 +205,28 @@ def add_connection_options(p, required: bool = True) -> None:
                    help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 [STREAMER_SASL_MECHANISM]")
     g.add_argument("--sasl-username", metavar="USER", default=env_default("sasl_username", None),
                    help="SASL user name [STREAMER_SASL_USERNAME]")
-    g.add_argument("--sasl-password", metavar="SECRET", default=env_default("sasl_password", None),
-                   help="SASL password; prefer the environment variable [STREAMER_SASL_PASSWORD]")
+    g.add_argument("--sasl-password-file", metavar="FILE", default=env_default("sasl_password_file", None),
+                   help="file holding the SASL password (a mounted secret); or set STREAMER_SASL_PASSWORD. Never "
+                        "a flag: command lines are visible to every user (ps) [STREAMER_SASL_PASSWORD_FILE]")
+    g.add_argument("--sasl-password", action=RefuseSecretFlag, env_name="STREAMER_SASL_PASSWORD",
+                   file_flag="--sasl-password-file")
 
 
 def connection_from_args(args) -> Connection:
+    from streamer.kafka.secrets import secret_from
+
     return Connection(
         bootstrap_servers=args.bootstrap_servers or "",
         security_protocol=args.security_protocol,
         ssl_cafile=args.ssl_cafile,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
-        ssl_key_password=args.ssl_key_password,
+        ssl_key_password=secret_from(args.ssl_key_password_file, "--ssl-key-password-file",
+                                     "STREAMER_SSL_KEY_PASSWORD"),
         ssl_check_hostname=not args.ssl_no_check_hostname,
         sasl_mechanism=args.sasl_mechanism,
         sasl_username=args.sasl_username,
-        sasl_password=args.sasl_password,
+        sasl_password=secret_from(args.sasl_password_file, "--sasl-password-file", "STREAMER_SASL_PASSWORD"),
     ).validate()
 
 

@@ -73,9 +73,16 @@ class ServeSettings:
 class KafkaClients:
     """Makes the consumer, the producer and the changelog reader (again, after errors)."""
 
-    def __init__(self, connection, tuning):
+    def __init__(self, connection, tuning, needs=()):
         self.connection = connection
         self.tuning = tuning
+        self.needs = tuple(needs)  # streamer.kafka.acls needs: what an authorization failure is about
+
+    def explain(self, exc: BaseException, probe: bool = True) -> str | None:
+        """One line if `exc` cannot be fixed by retrying (authentication, ACLs, TLS), else None."""
+        from streamer.kafka import failures
+
+        return failures.explain(exc, self.connection, self.needs, probe=probe)
 
     def consumer(self):
         from kafka import KafkaConsumer
@@ -122,8 +129,9 @@ class Backoff:
         self.delay = self.first
 
 
-def retrying(fn, stop: threading.Event, metrics, what: str, kind: str = "connect"):
-    """fn() until it succeeds or `stop` is set (then None); Kafka errors are counted, logged, backed off."""
+def retrying(fn, stop: threading.Event, metrics, what: str, kind: str = "connect", explain=None):
+    """fn() until it succeeds or `stop` is set (then None); Kafka errors are counted, logged, backed off.
+    `explain(exc)`: a line for an error that retrying cannot fix (a wrong password, TLS, ACLs): UserError."""
     backoff = Backoff()
     while not stop.is_set():
         try:
@@ -131,6 +139,9 @@ def retrying(fn, stop: threading.Event, metrics, what: str, kind: str = "connect
         except FATAL_ERRORS:
             raise
         except KafkaError as exc:
+            line = explain(exc) if explain is not None else None
+            if line:
+                raise UserError(line) from None
             metrics.error(kind)
             delay = backoff.next()
             log.warning("%s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay)
@@ -237,6 +248,9 @@ class KafkaService:
                 except FATAL_ERRORS:
                     raise
                 except KafkaError as exc:
+                    line = self.clients.explain(exc, probe=False)  # e.g. an ACL revoked while serving
+                    if line:
+                        raise UserError(line) from None
                     self.metrics.error(_error_kind(exc))
                     self._needs_recovery = True
                     delay = backoff.next()
@@ -262,10 +276,10 @@ class KafkaService:
                                          timeout_s=self.settings.restore_timeout_s)
             return True
 
-        if not retrying(make, stop, self.metrics, "connecting to Kafka"):
+        if not retrying(make, stop, self.metrics, "connecting to Kafka", explain=self.clients.explain):
             self._close_clients()
             return False
-        if not retrying(self._subscribe, stop, self.metrics, "subscribing"):
+        if not retrying(self._subscribe, stop, self.metrics, "subscribing", explain=self.clients.explain):
             self._close_clients()
             return False
         log.info("joining group %s on %s (exactly-once: %s)", self.clients.tuning.group_id, self.topic,

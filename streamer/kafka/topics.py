@@ -47,9 +47,16 @@ class Topics:
 
 
 def describe(admin, names: list[str]) -> dict[str, int | None]:
-    """Partition count of each topic; None for a topic that does not exist."""
+    """Partition count of each topic; None for a topic that does not exist. A topic the client may not
+    Describe raises TopicAuthorizationFailedError (Kafka then does not say whether it exists)."""
+    from kafka.errors import TopicAuthorizationFailedError
+
     found: dict[str, int | None] = {}
-    for t in admin.describe_topics(list(names)):
+    described = admin.describe_topics(list(names))
+    refused = sorted(t["name"] for t in described if t.get("error_code") == TopicAuthorizationFailedError.errno)
+    if refused:
+        raise TopicAuthorizationFailedError(set(refused))
+    for t in described:
         found[t["name"]] = len(t["partitions"]) if t.get("error_code", 0) == 0 else None
     return {n: found.get(n) for n in names}
 
