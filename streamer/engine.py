@@ -266,7 +266,8 @@ class Engine:
         parts, rejected = [], []
         for i, message in enumerate(poll.messages):
             try:
-                ev, rej = schema.decode([message], *args, None if poll.partitions is None else poll.partitions[i:i + 1])
+                ev, rej = schema.decode([message], *args, None if poll.partitions is None else poll.partitions[i:i + 1],
+                                        bulk=False)
             except Exception as exc:  # noqa: BLE001
                 rejected.append(self._internal_error(i, exc))
                 continue

@@ -209,7 +209,8 @@ def _is_scalar_text(text: str) -> bool:
 
 def decode(messages: Sequence[bytes | str], feature_size: int,
            max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-           partitions: Sequence[int] | np.ndarray | None = None) -> tuple[Events, list[Rejection]]:
+           partitions: Sequence[int] | np.ndarray | None = None, *,
+           bulk: bool = True) -> tuple[Events, list[Rejection]]:
     """Parse and validate a poll of raw messages into `Events` plus one `Rejection` per bad message.
 
     This is the hot path. Every message is parsed once; then the usual shape (one step of F numbers,
@@ -217,8 +218,12 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
     (`_decode_bulk`). A message that fails any of those checks -- or is not bytes, not UTF-8, not one
     JSON object, a chunk... -- goes through the careful per-message checks (`_decode_one`), which give
     its dead letter's code and detail. One numpy conversion and one finiteness check cover the poll.
+    `bulk=False` checks every message the careful way (the engine's fallback after an unexpected error).
     """
-    bulk, careful = _decode_bulk(messages, feature_size, max_message_bytes)
+    if bulk:
+        bulk, careful = _decode_bulk(messages, feature_size, max_message_bytes)
+    else:
+        bulk, careful = None, range(len(messages))
     rejected: list[Rejection] = []
     meta: list[tuple] = []  # (stream_id, step, count, chunk, reset, end, ts, index) per valid event
     rows: list = []
