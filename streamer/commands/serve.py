@@ -223,6 +223,7 @@ def run(args) -> int:
         if counts is None or found is None:
             return 0
         topic_limits.check(found, topics, model)
+        clients.tuning = dataclasses.replace(tuning, batch_bytes=topic_limits.batch_bytes(found, tuning.batch_bytes))
         log.info("topics ok: %s; largest records: %s", ", ".join(f"{name} ({n} partitions)"
                                                                   for name, n in counts.items()), found.describe())
         settings = dataclasses.replace(settings, co_partitioned=counts[topics.output] == counts[topics.input],

@@ -5,6 +5,10 @@ does not set it) caps one record batch; the producer's ``max_request_size`` caps
 of the two is the limit every record to that topic keeps to. Serve refuses to start (exit 2, one line)
 when a topic cannot hold what it must: the changelog a stream's state, the dead-letter topic an empty
 dead letter, the output topic a one-step prediction.
+
+The producer's batches are kept under the smallest of the limits as well (`batch_bytes`): kafka-python
+splits a batch that the broker refuses as too large, but its transactional producer cannot finish a split
+batch (3.0.12: the flush fails with "Future not done" and every checkpoint after it too).
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ def read(admin, topics, max_request_size: int) -> TopicLimits:
     sizes = max_message_bytes(admin, [topics.output, topics.dlq, topics.changelog])
     return TopicLimits(output=min(sizes[topics.output], max_request_size), dlq=min(sizes[topics.dlq], max_request_size),
                        changelog=min(sizes[topics.changelog], max_request_size))
+
+
+def batch_bytes(found: TopicLimits, configured: int) -> int:
+    """The producer's batch.size: at most `configured`, and a batch of several records never over a topic's limit."""
+    return max(1024, min(configured, min(found.output, found.dlq, found.changelog) - limits.RECORD_OVERHEAD))
 
 
 def check(found: TopicLimits, topics, model) -> None:
