@@ -173,15 +173,16 @@ class StateStore:
 
         New streams get a fresh slot (initial state, last_step -1). At `max_streams`, the least
         recently used streams not named in this call are evicted to make room; if the call itself
-        names more new streams than that frees, the excess get slot -1 (refused). With `moved`, every
-        existing stream whose event comes from another partition than its state is appended to it as
-        (stream_id, old partition, new partition).
+        names more new streams than that frees, the excess get slot -1 (refused). With `moved` (and
+        `partitions`), every stream whose events come from another partition than its state, or from two
+        partitions in this call, is appended to it once as (stream_id, one partition, the other).
         Returns (slots (E,) int64, number of streams created, evicted stream ids).
         """
         get = self._index.get
         slots = np.fromiter(map(get, stream_ids, repeat(-1)), np.int64, count=len(stream_ids))
+        old = None
         if moved is not None and partitions is not None:
-            self._moved(stream_ids, slots, partitions, moved)
+            old = np.where(slots >= 0, self.partition[slots], -1)  # the partitions the streams' state came from
         self._tick += 1
         evicted: list[str] = []
         n_room = 0
@@ -201,17 +202,26 @@ class StateStore:
         self._recency[touched] = self._tick
         if partitions is not None:
             self.partition[touched] = partitions[ok] if len(new_pos) else partitions
+            if old is not None:
+                self._moved(stream_ids, slots, old, partitions, moved)
         return slots, n_room, evicted
 
-    def _moved(self, stream_ids: Sequence[str], slots: np.ndarray, partitions: np.ndarray, moved: list) -> None:
-        old = np.where(slots >= 0, self.partition[slots], -1)
-        diff = (old >= 0) & (old != partitions)
-        if diff.any():
-            seen = set()
-            for e in np.flatnonzero(diff).tolist():
-                if stream_ids[e] not in seen:
-                    seen.add(stream_ids[e])
-                    moved.append((stream_ids[e], int(old[e]), int(partitions[e])))
+    def _moved(self, stream_ids: Sequence[str], slots: np.ndarray, old: np.ndarray, partitions: np.ndarray,
+                moved: list) -> None:
+        """Streams whose events come from another partition than their state (`old`), or from two partitions
+        in this call (then the slot holds the last one's partition): (id, one partition, the other)."""
+        ok = slots >= 0
+        now = np.where(ok, self.partition[slots], -1)
+        diff = ((old >= 0) & (old != partitions)) | (ok & (now != partitions))
+        if not diff.any():
+            return
+        seen = set()
+        for e in np.flatnonzero(diff).tolist():
+            sid = stream_ids[e]
+            if sid not in seen:
+                seen.add(sid)
+                first = int(old[e]) if old[e] >= 0 and old[e] != partitions[e] else int(now[e])
+                moved.append((sid, first, int(partitions[e])))
 
     def _create(self, stream_ids: list[str]) -> None:
         n = len(stream_ids)

@@ -153,6 +153,9 @@ def test_a_stream_seen_on_two_partitions_is_counted_and_logged(model, caplog):
         engine.process(poll_of([event("a", [1, 2, 3], step=1), event("b", [1, 2, 3], step=1)], partitions=[3, 2]))
     assert value(metrics, "streamer_split_streams_total") == 1
     assert "'a' is split across partitions 1 and 3" in caplog.text
+    # a new stream whose first two events come from two partitions in one poll
+    engine.process(poll_of([event("n", [1, 2, 3], step=1), event("n", [1, 2, 3], step=0)], partitions=[2, 0]))
+    assert value(metrics, "streamer_split_streams_total") == 2
 
 
 def test_chunk_predictions_are_split_into_records_that_fit(model):
