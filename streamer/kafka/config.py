@@ -157,7 +157,8 @@ class ClientTuning:
               "batch_size": self.batch_bytes, "request_timeout_ms": request_timeout,
               "delivery_timeout_ms": max(self.delivery_timeout_ms, request_timeout + self.linger_ms),
               "compression_type": None if self.compression == "none" else self.compression,
-              "max_request_size": self.max_request_size, "allow_auto_create_topics": False}
+              "max_request_size": self.max_request_size, "allow_auto_create_topics": False,
+              "metadata_max_age_ms": self.metadata_max_age_ms}
         if self.exactly_once:
             kw.update(transactional_id=self.transactional_id, transaction_timeout_ms=self.transaction_timeout_ms)
         return kw

@@ -6,7 +6,9 @@ Kafka's Java client and kafka-python put a keyed record in partition ``murmur2(k
 `PartitionerCheck` counts the keyed messages whose partition is not that one in
 ``streamer_kafka_partitioner_mismatch_total`` and logs them (the first at once, then at most one
 summary a minute). Such messages are served; the count tells that some producer uses another partitioner,
-before the split streams it causes show up. Results are cached per key (streams repeat their keys).
+before the split streams it causes show up. After partitions are added, a key's partition under any
+partition count seen since start-up is accepted (producers learn of new partitions at their own pace).
+Results are cached per key (streams repeat their keys).
 """
 
 from __future__ import annotations
@@ -30,15 +32,15 @@ def murmur2_partition(key: bytes, partitions: int) -> int:
 class PartitionerCheck:
     def __init__(self, counter):
         self.counter = counter
-        self._cache: dict[bytes, int] = {}
-        self._partitions = 0
+        self._cache: dict[bytes, tuple[int, ...]] = {}
+        self._counts: list[int] = []  # partition counts seen since start-up
         self._log = Throttled(log, logging.WARNING)
 
     def check(self, records: dict, partitions: int) -> int:
         """Count (and log) the keyed messages of a poll not in their murmur2 partition; returns how many."""
-        if partitions != self._partitions:  # the topic grew: every key's partition may have changed
+        if partitions not in self._counts:  # the topic grew: a key may now be in another partition too
             self._cache.clear()
-            self._partitions = partitions
+            self._counts.append(partitions)
         if partitions <= 1:
             return 0
         cache = self._cache
@@ -54,16 +56,16 @@ class PartitionerCheck:
                 if want is None:
                     if len(cache) >= _CACHE_LIMIT:
                         cache.clear()
-                    want = cache[key] = murmur2_partition(key, partitions)
-                if want != p:
+                    want = cache[key] = tuple(murmur2_partition(key, n) for n in self._counts if n > 0)
+                if p not in want:
                     wrong += 1
                     if example is None:
-                        example = (key, p, want)
+                        example = (key, p, want[-1])
         if wrong:
             self.counter.inc(wrong)
             key, p, want = example
             self._log(wrong, "message with key %r arrived on partition %d, but Kafka's default partitioner (murmur2) "
                       "puts it in partition %d of %d: a producer uses another partitioner (kcat: add -X "
-                      "partitioner=murmur2_random), so its streams may be split across partitions", key[:80], p, want,
-                      partitions)
+                      "partitioner=murmur2_random), so its streams may be split across partitions (or it was produced "
+                      "before partitions were added)", key[:80], p, want, partitions)
         return wrong

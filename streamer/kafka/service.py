@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import (AuthorizationError, FencedInstanceIdError, KafkaConfigurationError, KafkaError,
-                          SaslAuthenticationFailedError, UnsupportedVersionError)
+                          KafkaTimeoutError, SaslAuthenticationFailedError, UnsupportedVersionError)
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
 from streamer import limits, schema
@@ -210,7 +210,8 @@ class KafkaService:
         self.topology = TopologyWatch(settings.topics, clients, metrics,
                                       changelog_partitions=settings.changelog_partitions,
                                       output_partitions=settings.output_partitions if settings.co_partitioned else None,
-                                      create_topics=settings.create_topics)
+                                      create_topics=settings.create_topics,
+                                      await_changelog=self._await_partitions)
         self.totals = {"polls": 0, "messages": 0, "records": 0, "dead_letters": 0, "checkpoints": 0,
                        "recoveries": 0}
 
@@ -392,7 +393,7 @@ class KafkaService:
         where: dict[bytes, int] = {}  # key -> input partition, for co-partitioned outputs
         co = self.settings.co_partitioned
         records = {tp: recs for tp, recs in records.items() if self._take(tp, recs)}
-        self.partitioner.check(records, self.topology.input_partitions or 0)
+        self.partitioner.check(records, len(self.consumer.partitions_for_topic(self.topic) or ()))
         for tp, recs in records.items():
             p = tp.partition
             msg_keys = [r.key for r in recs]
@@ -647,6 +648,7 @@ class KafkaService:
         with self._lock:
             parts = sorted(self._pending)
             if parts:
+                self.topology.observe(len(self.consumer.partitions_for_topic(self.topic) or ()))
                 self.topology.ensure_changelog(parts[-1] + 1)  # adds them (--create-topics) or stops
             try:
                 stats = self.restorer.restore(self.engine.store, parts)
@@ -689,6 +691,15 @@ class KafkaService:
             self._active = set()
             self._needs_recovery = False
         log.info("rewound to the last checkpoint: restoring partitions %s", owned)
+
+    def _await_partitions(self, topic: str, count: int) -> None:
+        """Wait (a metadata refresh at most) until the producer knows `count` partitions of `topic`: kafka-python
+        refuses a record for a partition its metadata does not have yet."""
+        deadline = time.monotonic() + self.clients.tuning.metadata_max_age_ms / 1000 + 10
+        while len(self.checkpoint.producer.partitions_for(topic) or ()) < count:
+            if time.monotonic() > deadline:
+                raise KafkaTimeoutError(f"the producer did not learn the {count} partitions of {topic} in time")
+            time.sleep(0.1)
 
     def _update_lag(self) -> None:
         lags = {}

@@ -6,9 +6,9 @@ looks at the partition count every second: growth is logged and exported
 (``streamer_kafka_input_partitions``), and the changelog must follow, because changelog partition p
 holds the state of input partition p:
 
-- with ``--create-topics`` serve adds the partitions to the changelog itself (CreatePartitions), and the
-  group's next rebalance (which the leader starts on the same metadata change) assigns the new input
-  partitions; their state is restored (empty) and they are served;
+- with ``--create-topics`` serve adds the partitions to the changelog itself (CreatePartitions) and waits
+  until its producer's metadata has them; the group's next rebalance (which the leader starts on the same
+  metadata change) assigns the new input partitions; their state is restored (empty) and they are served;
 - without it serve stops with exit code 2 and one line saying which command adds them.
 
 The output topic keeps its partition count: a stream of an input partition beyond it has its predictions
@@ -26,8 +26,9 @@ log = logging.getLogger("streamer.serve")
 
 class TopologyWatch:
     def __init__(self, topics, clients, metrics, *, changelog_partitions: int | None,
-                 output_partitions: int | None, create_topics: bool):
+                 output_partitions: int | None, create_topics: bool, await_changelog=None):
         self.topics = topics
+        self.await_changelog = await_changelog  # (topic, partitions): wait until the producer knows them
         self.clients = clients
         self.metrics = metrics
         self.changelog_partitions = changelog_partitions
@@ -64,6 +65,8 @@ class TopologyWatch:
         self.changelog_partitions = self._add_partitions(changelog, needed)
         log.warning("changelog %s extended from %d to %d partitions to match the input topic", changelog, have,
                     self.changelog_partitions)
+        if self.await_changelog is not None:
+            self.await_changelog(changelog, self.changelog_partitions)
 
     def _add_partitions(self, topic: str, needed: int) -> int:
         from kafka.errors import InvalidPartitionsError
