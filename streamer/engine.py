@@ -198,6 +198,7 @@ class ApplyStats:
     ended: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     evicted: list[str] = field(default_factory=list)
+    moved: list[tuple[str, int, int]] = field(default_factory=list)  # streams seen on another partition
 
 
 class Engine:
@@ -227,21 +228,13 @@ class Engine:
         """Decode, check, apply and account one poll of raw messages (see the module docstring)."""
         m = self.metrics
         events, rejected = self._decode(poll)
-        if poll.keys is not None:
-            events, more = self.routing.check_keys(events, poll.keys)
-            rejected.extend(more)
-        if self.prediction_limit is not None:
-            events, more = self._refuse_too_large(events)
-            rejected.extend(more)
-        outputs, more = self._apply_isolated(events)  # counts its own step_gap / stream_limit rejections
+        outputs, more = self._serve_isolated(poll, events)  # apply counts its own step_gap / stream_limit
         rejected.extend(more)
         for r in rejected:
             if r.code in _OUTCOME_OF:
                 m.count_events(_OUTCOME_OF[r.code], 1)
             elif r.code in _SCHEMA_CODES:
                 m.count_events("invalid", 1)
-        if self.prediction_limit is not None and len(outputs):
-            outputs = self._split(outputs)
         dead = []
         if rejected:
             rejected.sort(key=lambda r: r.index)
@@ -276,12 +269,27 @@ class Engine:
             rejected.extend(Rejection(i, r.code, r.detail) for r in rej)
         return schema.concat(parts, self.model.feature_size), rejected
 
-    def _apply_isolated(self, ev: Events) -> tuple[Outputs, list[Rejection]]:
-        """`apply` under a savepoint; if it raises, roll back and apply the events one by one."""
+    def _serve(self, poll: Poll, ev: Events) -> tuple[Outputs, list[Rejection]]:
+        """Key and size checks, `apply`, records split to fit: what `_serve_isolated` retries event by event."""
+        rejected: list[Rejection] = []
+        if poll.keys is not None:
+            ev, more = self.routing.check_keys(ev, poll.keys)
+            rejected.extend(more)
+        if self.prediction_limit is not None:
+            ev, more = self._refuse_too_large(ev)
+            rejected.extend(more)
+        outputs, more = self.apply(ev)
+        rejected.extend(more)
+        if self.prediction_limit is not None and len(outputs):
+            outputs = self._split(outputs)
+        return outputs, rejected
+
+    def _serve_isolated(self, poll: Poll, ev: Events) -> tuple[Outputs, list[Rejection]]:
+        """`_serve` under a savepoint; if it raises, roll back and serve the events one by one."""
         store = self.store
         sp = store.savepoint(ev.stream_ids)
         try:
-            result = self.apply(ev)
+            result = self._serve(poll, ev)
         except Exception as exc:  # noqa: BLE001 - see the module docstring
             store.rollback(sp)
             log.warning("applying a poll of %d events raised %s: %s; state rolled back, applying them one by one",
@@ -294,7 +302,7 @@ class Engine:
             one = schema.select(ev, np.arange(len(ev)) == e)
             sp = store.savepoint(one.stream_ids)
             try:
-                out, more = self.apply(one)
+                out, more = self._serve(poll, one)
             except Exception as exc:  # noqa: BLE001
                 store.rollback(sp)
                 rejections.append(self._internal_error(int(one.index[0]), exc))
@@ -354,9 +362,7 @@ class Engine:
         stats.expired = store.expire(now, self.config.ttl)
         rejections: list[Rejection] = []
         if len(ev):
-            moved: list = []
-            slots, stats.started, stats.evicted = store.acquire(ev.stream_ids, now, ev.partitions, moved)
-            self.routing.split_streams(moved)
+            slots, stats.started, stats.evicted = store.acquire(ev.stream_ids, now, ev.partitions, stats.moved)
             if slots.min() < 0:
                 refused = slots < 0
                 rejections.extend(Rejection(int(ev.index[e]), schema.STREAM_LIMIT,
@@ -548,6 +554,7 @@ class Engine:
             m.resets.inc(stats.resets)
         if stats.started:
             m.streams_started.inc(stats.started)
+        self.routing.split_streams(stats.moved)
         m.count_freed("end", len(stats.ended))
         m.count_freed("expired", len(stats.expired))
         m.count_freed("evicted", len(stats.evicted))
