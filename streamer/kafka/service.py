@@ -239,6 +239,8 @@ class KafkaService:
                     received = time.perf_counter()
                     if records:
                         with self._lock:
+                            if s.exactly_once and self.checkpoint.in_transaction and _heavy(records):
+                                self._checkpoint()  # a long poll must not age an open transaction
                             self._process(records, received)
                     now = time.monotonic()
                     if not s.exactly_once:
@@ -712,6 +714,16 @@ class KafkaService:
             if hw is not None and pos is not None:
                 lags[p] = max(0, hw - pos)
         self.metrics.set_lag(lags)
+
+
+# Under exactly-once a poll of more message bytes than this (a chunk of ~30k steps takes about a second to
+# apply) starts on a committed transaction: the broker aborts a transaction left open longer than
+# --transaction-timeout-ms, and a poll that always outlives it would be rewound and redone forever.
+HEAVY_POLL_BYTES = 256 * 1024
+
+
+def _heavy(records: dict) -> bool:
+    return sum(len(r.value or b"") for recs in records.values() for r in recs) > HEAVY_POLL_BYTES
 
 
 def _error_kind(exc: BaseException) -> str:
