@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
-.PHONY: install demo test test-unit kafka-up kafka-down prometheus bench clean
+.PHONY: install demo test test-unit kafka-up kafka-down prometheus kcat bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,8 @@ test-unit: install
 	$(PY) -m pytest -q -m "not kafka"
 
 # Everything: starts the local Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and
-# installs the Prometheus server for the integration tests, then stops what it started.
-test: install prometheus
+# installs the Prometheus server and kcat for the integration tests, then stops what it started.
+test: install prometheus kcat
 	@bash deploy/run-tests.sh $(PY)
 
 kafka-up:
@@ -39,6 +39,11 @@ prometheus:
 	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
 	   && (systemctl disable --now prometheus 2>/dev/null; service prometheus stop 2>/dev/null; pkill -x prometheus 2>/dev/null; true))
+
+# Debian's kcat: the hostile-input and routing tests produce raw bytes with it, as a Kafka user would.
+kcat:
+	@command -v kcat >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat >/dev/null)
 
 bench: install
 	$(PY) benchmarks/bench_step.py

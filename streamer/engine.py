@@ -9,6 +9,15 @@ For each poll the engine
    ``model.step`` call per wave (gather state rows by slot -> step -> scatter);
 4. returns the predictions column by column (`Outputs`) plus the dead letters.
 
+One bad message costs one dead letter, never the poll: `process` checks the message keys when the
+transport has them (`streamer.routing`), refuses events whose prediction could not fit the output
+topic even split (`streamer.limits`), and applies the poll under a savepoint of its streams' state. If
+decoding or applying raises anything unexpected (a bug, or a model that fails on some input), the
+state is rolled back to the savepoint and the poll is done again message by message: the message that
+raises becomes an ``internal_error`` dead letter (logged with its traceback), every other one is applied
+exactly once. Prediction records that would exceed the output topic's limit are split into several
+records of consecutive steps; dead letters are cut to fit theirs.
+
 Per-step rules (a stream's "last" step is -1 before its first one):
 
 - ``step`` absent: the step is last+1 (appended).
@@ -27,6 +36,7 @@ Per-step rules (a stream's "last" step is -1 before its first one):
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _quote
@@ -34,14 +44,19 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from streamer import schema
+from streamer import limits, schema
 from streamer.config import DEFAULT_GAP_POLICY, GAP_POLICIES, EngineConfig  # noqa: F401 (re-exported)
 from streamer.metrics import Metrics
+from streamer.routing import RoutingChecks
 from streamer.schema import Events, Rejection
 from streamer.state import StateStore
 from streamer.transports import Poll
 
 _APPLIED, _DUPLICATE, _REJECTED = 0, 1, 2
+log = logging.getLogger("streamer.engine")
+# Dead letters that are the engine's own decisions, by the streamer_events_total outcome they count as.
+_OUTCOME_OF = {schema.KEY_MISMATCH: "rejected", schema.OUTPUT_TOO_LARGE: "refused", schema.INTERNAL_ERROR: "failed"}
+_SCHEMA_CODES = frozenset(schema.SCHEMA_ERROR_CODES)
 
 
 @dataclass
@@ -115,6 +130,38 @@ class Outputs:
         return [fmt % r for r in (zip(ids, steps, bodies, tss) if n_ts else zip(ids, steps, bodies))]
 
 
+    def split(self, caps: int | np.ndarray) -> "Outputs":
+        """The same predictions with every record longer than its cap (steps; one cap, or one per record)
+        cut into records of at most that many consecutive steps, each with its own first step."""
+        caps = np.broadcast_to(np.maximum(np.asarray(caps, np.int64), 1), self.length.shape)
+        pieces = -(-self.length // caps)
+        if len(pieces) == 0 or pieces.max() <= 1:
+            return self
+        rec = np.repeat(np.arange(len(pieces)), pieces)
+        j = np.arange(len(rec)) - np.repeat(np.cumsum(pieces) - pieces, pieces)  # piece number in its record
+        start = self.start[rec] + j * caps[rec]
+        length = np.minimum(caps[rec], self.start[rec] + self.length[rec] - start)
+        take = rec.tolist()
+        return Outputs(self.model_version, [self.stream_ids[r] for r in take], self.row_steps[start],
+                       [self.ts[r] for r in take], self.chunk[rec], start, length, self.predictions, self.row_steps)
+
+    @staticmethod
+    def concat(parts: list["Outputs"], empty: "Outputs") -> "Outputs":
+        """Several polls' (or events') outputs as one, in order."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return empty
+        if len(parts) == 1:
+            return parts[0]
+        rows = np.cumsum([0] + [len(p.predictions) for p in parts])
+        return Outputs(parts[0].model_version, [s for p in parts for s in p.stream_ids],
+                       np.concatenate([p.steps for p in parts]), [t for p in parts for t in p.ts],
+                       np.concatenate([p.chunk for p in parts]),
+                       np.concatenate([p.start + off for p, off in zip(parts, rows.tolist())]),
+                       np.concatenate([p.length for p in parts]), np.concatenate([p.predictions for p in parts]),
+                       np.concatenate([p.row_steps for p in parts]))
+
+
 def _row_texts(preds: np.ndarray) -> list[str]:
     """'v1, v2, ...' for every row of a float32 matrix."""
     if preds.shape[0] == 0:
@@ -135,6 +182,7 @@ class PollResult:
     dead_letters: list[dict]
     messages: int
     seconds: float
+    dead_letter_index: list[int] = field(default_factory=list)  # the message each dead letter is about
 
 
 @dataclass
@@ -150,6 +198,7 @@ class ApplyStats:
     ended: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     evicted: list[str] = field(default_factory=list)
+    moved: list[tuple[str, int, int]] = field(default_factory=list)  # streams seen on another partition
 
 
 class Engine:
@@ -165,6 +214,9 @@ class Engine:
                                 initial_state=model.initial_state(1)[0],
                                 capacity=self.config.initial_capacity, max_streams=self.config.max_streams)
         self.metrics.set_model(model)
+        self.routing = RoutingChecks(self.metrics, self.config.on_key_mismatch)
+        self.prediction_limit = None if self.config.max_output_record_bytes is None else limits.PredictionLimit(
+            self.config.max_output_record_bytes, model.output_size, model.version)
         self.step_block = 512  # rows per model.step call within a wave (cache-sized working sets)
         self._empty_outputs = self._outputs_of(Events.from_arrays([], np.empty((0, model.feature_size))),
                                                np.empty(0, np.int64), np.empty(0, np.int64),
@@ -173,24 +225,132 @@ class Engine:
     # ------------------------------------------------------------------ polls (raw messages)
 
     def process(self, poll: Poll) -> PollResult:
-        """Decode, apply and account one poll of raw messages."""
+        """Decode, check, apply and account one poll of raw messages (see the module docstring)."""
         m = self.metrics
-        events, rejected = schema.decode(poll.messages, self.model.feature_size,
-                                         self.config.max_message_bytes, poll.partitions)
-        m.count_events("invalid", len(rejected))
-        outputs, more = self.apply(events)
+        events, rejected = self._decode(poll)
+        outputs, more = self._serve_isolated(poll, events)  # apply counts its own step_gap / stream_limit
         rejected.extend(more)
+        for r in rejected:
+            if r.code in _OUTCOME_OF:
+                m.count_events(_OUTCOME_OF[r.code], 1)
+            elif r.code in _SCHEMA_CODES:
+                m.count_events("invalid", 1)
         dead = []
         if rejected:
             rejected.sort(key=lambda r: r.index)
-            dead = [schema.dead_letter(r.code, r.detail, poll.source(r.index), poll.messages[r.index])
-                    for r in rejected]
+            dead = [self._dead_letter(poll, r) for r in rejected]
             m.count_dead_letters(r.code for r in rejected)
         seconds = time.perf_counter() - poll.received
         m.polls.inc()
         m.poll_duration.observe(seconds)
         m.event_latency.observe(seconds, len(poll.messages))
-        return PollResult(outputs=outputs, dead_letters=dead, messages=len(poll.messages), seconds=seconds)
+        return PollResult(outputs=outputs, dead_letters=dead, messages=len(poll.messages), seconds=seconds,
+                          dead_letter_index=[r.index for r in rejected])
+
+    # ------------------------------------------------------------------ one bad message, one dead letter
+
+    def _decode(self, poll: Poll) -> tuple[Events, list[Rejection]]:
+        args = (self.model.feature_size, self.config.max_message_bytes)
+        try:
+            return schema.decode(poll.messages, *args, poll.partitions)
+        except Exception as exc:  # noqa: BLE001 - a decoder bug must cost one message, not the poll
+            log.warning("decoding a poll of %d messages raised %s: %s; decoding them one by one",
+                        len(poll.messages), type(exc).__name__, exc)
+        parts, rejected = [], []
+        for i, message in enumerate(poll.messages):
+            try:
+                ev, rej = schema.decode([message], *args, None if poll.partitions is None else poll.partitions[i:i + 1],
+                                        bulk=False)
+            except Exception as exc:  # noqa: BLE001
+                rejected.append(self._internal_error(i, exc))
+                continue
+            ev.index = np.full(len(ev), i, np.int64)
+            parts.append(ev)
+            rejected.extend(Rejection(i, r.code, r.detail) for r in rej)
+        return schema.concat(parts, self.model.feature_size), rejected
+
+    def _serve(self, poll: Poll, ev: Events) -> tuple[Outputs, list[Rejection]]:
+        """Key and size checks, `apply`, records split to fit: what `_serve_isolated` retries event by event."""
+        rejected: list[Rejection] = []
+        if poll.keys is not None:
+            ev, more = self.routing.check_keys(ev, poll.keys)
+            rejected.extend(more)
+        if self.prediction_limit is not None:
+            ev, more = self._refuse_too_large(ev)
+            rejected.extend(more)
+        outputs, more = self.apply(ev)
+        rejected.extend(more)
+        if self.prediction_limit is not None and len(outputs):
+            outputs = self._split(outputs)
+        return outputs, rejected
+
+    def _serve_isolated(self, poll: Poll, ev: Events) -> tuple[Outputs, list[Rejection]]:
+        """`_serve` under a savepoint; if it raises, roll back and serve the events one by one."""
+        store = self.store
+        sp = store.savepoint(ev.stream_ids)
+        try:
+            result = self._serve(poll, ev)
+        except Exception as exc:  # noqa: BLE001 - see the module docstring
+            store.rollback(sp)
+            log.warning("applying a poll of %d events raised %s: %s; state rolled back, applying them one by one",
+                        len(ev), type(exc).__name__, exc)
+        else:
+            store.release_savepoint()
+            return result
+        parts, rejections = [], []
+        for e in range(len(ev)):
+            one = schema.select(ev, np.arange(len(ev)) == e)
+            sp = store.savepoint(one.stream_ids)
+            try:
+                out, more = self._serve(poll, one)
+            except Exception as exc:  # noqa: BLE001
+                store.rollback(sp)
+                rejections.append(self._internal_error(int(one.index[0]), exc))
+                continue
+            store.release_savepoint()
+            parts.append(out)
+            rejections.extend(more)
+        return Outputs.concat(parts, self._empty_outputs), rejections
+
+    def _internal_error(self, index: int, exc: BaseException) -> Rejection:
+        log.error("message %d of its poll raised %s: %s; it becomes an internal_error dead letter", index,
+                  type(exc).__name__, exc, exc_info=exc)
+        return Rejection(index, schema.INTERNAL_ERROR, f"handling this message raised {type(exc).__name__}: {exc}")
+
+    def _refuse_too_large(self, ev: Events) -> tuple[Events, list[Rejection]]:
+        """Events whose one-step prediction record could not fit the output topic: refused, state untouched."""
+        limit = self.prediction_limit
+        if not len(ev) or limit.uniform_cap() >= 1:
+            return ev, []
+        caps = limit.caps(ev.stream_ids)
+        bad = caps < 1
+        if not bad.any():
+            return ev, []
+        rejections = [Rejection(int(ev.index[e]), schema.OUTPUT_TOO_LARGE,
+                                f"a prediction record for stream {ev.stream_ids[e][:80]!r} would exceed the output "
+                                f"topic's limit of {limit.record_bytes} bytes even for one step; raise the output "
+                                "topic's max.message.bytes or use shorter stream ids")
+                      for e in np.flatnonzero(bad).tolist()]
+        return schema.select(ev, ~bad), rejections
+
+    def _split(self, outputs: Outputs) -> Outputs:
+        limit = self.prediction_limit
+        cap = limit.uniform_cap()
+        if cap >= 1:
+            return outputs if outputs.length.max() <= cap else outputs.split(cap)
+        return outputs.split(limit.caps(outputs.stream_ids))
+
+    def _dead_letter(self, poll: Poll, r: Rejection) -> dict:
+        """The dead letter of rejection `r`, cut to fit the dead-letter topic (never raises)."""
+        limit = self.config.max_dead_letter_record_bytes
+        try:
+            key = None if poll.keys is None else limits.dead_letter_key(poll.keys[r.index])
+            budget = None if limit is None else limits.value_budget(limit, key)
+            return limits.fit_dead_letter(r.code, r.detail, poll.source(r.index), poll.messages[r.index], budget)
+        except Exception as exc:  # noqa: BLE001 - a dead letter without its payload rather than none
+            log.error("building the dead letter of message %d raised %s: %s", r.index, type(exc).__name__, exc,
+                      exc_info=exc)
+            return schema.dead_letter(r.code, r.detail, None, b"", keep=0)
 
     # ------------------------------------------------------------------ decoded events
 
@@ -202,7 +362,7 @@ class Engine:
         stats.expired = store.expire(now, self.config.ttl)
         rejections: list[Rejection] = []
         if len(ev):
-            slots, stats.started, stats.evicted = store.acquire(ev.stream_ids, now, ev.partitions)
+            slots, stats.started, stats.evicted = store.acquire(ev.stream_ids, now, ev.partitions, stats.moved)
             if slots.min() < 0:
                 refused = slots < 0
                 rejections.extend(Rejection(int(ev.index[e]), schema.STREAM_LIMIT,
@@ -394,6 +554,7 @@ class Engine:
             m.resets.inc(stats.resets)
         if stats.started:
             m.streams_started.inc(stats.started)
+        self.routing.split_streams(stats.moved)
         m.count_freed("end", len(stats.ended))
         m.count_freed("expired", len(stats.expired))
         m.count_freed("evicted", len(stats.evicted))

@@ -29,9 +29,10 @@ LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 3
 # Streams per batched step call.
 WAVE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
-EVENT_OUTCOMES = ("applied", "duplicate", "invalid", "rejected", "refused")
+EVENT_OUTCOMES = ("applied", "duplicate", "invalid", "rejected", "refused", "failed")
 STEP_OUTCOMES = ("applied", "duplicate", "rejected")
 FREE_REASONS = ("end", "expired", "evicted", "dropped")
+KEY_MISMATCH_KINDS = ("missing", "different")
 
 
 class BulkHistogram:
@@ -95,13 +96,21 @@ class Metrics:
         r = self.registry
         self.events = Counter("streamer_events_total", "Input events by outcome: applied (at least one step "
                               "applied), duplicate (every step already applied), invalid (schema: dead letter), "
-                              "rejected (gap under --on-gap reject: dead letter), refused (stream cap: dead letter)",
+                              "rejected (gap under --on-gap reject, or key mismatch under --on-key-mismatch "
+                              "reject: dead letter), refused (stream cap, or output too large: dead letter), "
+                              "failed (handling it raised an unexpected error: dead letter internal_error)",
                               ["outcome"], registry=r)
         self.steps = Counter("streamer_steps_total", "Timesteps by outcome: applied, duplicate (skipped), rejected",
                              ["outcome"], registry=r)
         self.predictions = Counter("streamer_predictions_total", "Per-step predictions produced", registry=r)
         self.dead_letters = Counter("streamer_dead_letters_total", "Dead letters by reason (the error code)",
                                     ["reason"], registry=r)
+        self.key_mismatches = Counter("streamer_key_mismatch_total", "Events whose message key is missing or "
+                                      "is not their stream_id (served, or dead letters under --on-key-mismatch "
+                                      "reject)", ["kind"], registry=r)
+        self.split_streams = Counter("streamer_split_streams_total", "Events of a stream that arrived on another "
+                                     "partition than the stream's state (its producers disagree on the "
+                                     "partitioner or the key)", registry=r)
         self.gaps = Counter("streamer_step_gaps_total", "Steps that skipped ahead of the stream's next step "
                             "(handled by --on-gap)", registry=r)
         self.resets = Counter("streamer_stream_resets_total", "Events with reset=true", registry=r)
@@ -132,6 +141,8 @@ class Metrics:
             self.dead_letters.labels(reason)
         for reason in FREE_REASONS:
             self.streams_freed.labels(reason)
+        for kind in KEY_MISMATCH_KINDS:
+            self.key_mismatches.labels(kind)
         # Bound children for the hot path (labels() does a dict lookup under a lock).
         self._events = {k: self.events.labels(k) for k in EVENT_OUTCOMES}
         self._steps = {k: self.steps.labels(k) for k in STEP_OUTCOMES}
@@ -152,6 +163,10 @@ class Metrics:
     def count_freed(self, reason: str, n: int) -> None:
         if n:
             self._freed[reason].inc(n)
+
+    def count_key_mismatches(self, kind: str, n: int) -> None:
+        if n:
+            self.key_mismatches.labels(kind).inc(n)
 
     def count_dead_letters(self, codes: Iterable[str]) -> None:
         for code in codes:

@@ -6,7 +6,9 @@ Input (one JSON object in UTF-8 per Kafka message or JSONL line)::
     {"stream_id": "s-17", "step": 43, "features": [[...], [...], [...]]}      # a chunk of 3 steps
     {"stream_id": "s-17", "features": [...], "end": true}                     # no step: appended
 
-- ``stream_id`` (required): a non-empty string of at most 256 characters.
+- ``stream_id`` (required): a non-empty string of at most 256 characters, all of them Unicode scalar values
+  (a lone surrogate such as ``"\\ud800"`` is valid JSON but cannot be written as UTF-8, so it is refused:
+  the id is the output's and the changelog's record key).
 - ``features`` (required): a list of exactly F numbers (F = the model's feature size), or a non-empty
   list of such lists (a chunk of consecutive steps). Numbers are JSON integers or floats; booleans,
   strings, NaN and +-Infinity (and numbers too large for float32) are refused.
@@ -69,13 +71,17 @@ NON_FINITE_FEATURES = "non_finite_features"
 # Engine decisions:
 STEP_GAP = "step_gap"  # a gap under --on-gap reject
 STREAM_LIMIT = "stream_limit"  # one poll names more new streams than --max-streams allows
+KEY_MISMATCH = "key_mismatch"  # the message key is missing or is not the stream_id (--on-key-mismatch reject)
+OUTPUT_TOO_LARGE = "output_too_large"  # even one step's prediction record would exceed the output topic's limit
+INTERNAL_ERROR = "internal_error"  # handling this message raised an unexpected exception (a bug; logged)
 
 SCHEMA_ERROR_CODES = (
     MESSAGE_TOO_LARGE, INVALID_UTF8, INVALID_JSON, NOT_AN_OBJECT, MISSING_STREAM_ID, INVALID_STREAM_ID,
     MISSING_FEATURES, INVALID_FEATURES, RAGGED_CHUNK, WRONG_FEATURE_COUNT, INVALID_STEP, INVALID_RESET,
     INVALID_END, INVALID_TS, NON_FINITE_FEATURES,
 )
-ERROR_CODES = SCHEMA_ERROR_CODES + (STEP_GAP, STREAM_LIMIT)
+ERROR_CODES = SCHEMA_ERROR_CODES + (STEP_GAP, STREAM_LIMIT, KEY_MISMATCH, OUTPUT_TOO_LARGE, INTERNAL_ERROR)
+DETAIL_CHARS = 1000  # a dead letter's detail is cut to this many characters
 
 _NUMBER_TYPES = frozenset((int, float))
 _scan_json = make_scanner(json.JSONDecoder())  # the C scanner behind json.loads, without its wrappers
@@ -182,13 +188,29 @@ def _check_flag(obj: dict, name: str, code: str) -> bool:
 
 
 def _short(value: Any, limit: int = 40) -> str:
-    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    """A short JSON-ish rendering of a bad value for a detail text (never raises)."""
+    if type(value) is str and len(value) > limit:
+        value = value[:limit]  # no need to encode a huge string to show 40 characters
+    try:
+        text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    except (ValueError, TypeError, RecursionError):  # deeply nested, a huge integer...
+        text = f"a {type(value).__name__}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_scalar_text(text: str) -> bool:
+    """Whether every character is a Unicode scalar value (no lone surrogate): encodable as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def decode(messages: Sequence[bytes | str], feature_size: int,
            max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-           partitions: Sequence[int] | np.ndarray | None = None) -> tuple[Events, list[Rejection]]:
+           partitions: Sequence[int] | np.ndarray | None = None, *,
+           bulk: bool = True) -> tuple[Events, list[Rejection]]:
     """Parse and validate a poll of raw messages into `Events` plus one `Rejection` per bad message.
 
     This is the hot path. Every message is parsed once; then the usual shape (one step of F numbers,
@@ -196,8 +218,12 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
     (`_decode_bulk`). A message that fails any of those checks -- or is not bytes, not UTF-8, not one
     JSON object, a chunk... -- goes through the careful per-message checks (`_decode_one`), which give
     its dead letter's code and detail. One numpy conversion and one finiteness check cover the poll.
+    `bulk=False` checks every message the careful way (the engine's fallback after an unexpected error).
     """
-    bulk, careful = _decode_bulk(messages, feature_size, max_message_bytes)
+    if bulk:
+        bulk, careful = _decode_bulk(messages, feature_size, max_message_bytes)
+    else:
+        bulk, careful = None, range(len(messages))
     rejected: list[Rejection] = []
     meta: list[tuple] = []  # (stream_id, step, count, chunk, reset, end, ts, index) per valid event
     rows: list = []
@@ -264,6 +290,9 @@ def _decode_one(raw: Any, feature_size: int, max_message_bytes: int) -> tuple:
             raise EventError(MISSING_STREAM_ID, "'stream_id' is missing")
         raise EventError(INVALID_STREAM_ID, f"'stream_id' must be a non-empty string of at most "
                                             f"{MAX_STREAM_ID_CHARS} characters, got {_short(sid)}")
+    if not sid.isascii() and not _is_scalar_text(sid):
+        raise EventError(INVALID_STREAM_ID, f"'stream_id' must be valid Unicode text (no lone surrogates: it "
+                                            f"becomes the UTF-8 record key), got {_short(sid)}")
     feats = obj.get("features")
     # the common case inline: one step of F plain numbers
     if type(feats) is list and len(feats) == feature_size and set(map(type, feats)) <= _NUMBER_TYPES:
@@ -332,6 +361,10 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int) 
     sids = list(map(get, objs, repeat("stream_id")))
     if set(map(type, sids)) != {str} or min(map(len, sids)) < 1 or max(map(len, sids)) > MAX_STREAM_ID_CHARS:
         keep = [type(s) is str and 0 < len(s) <= MAX_STREAM_ID_CHARS for s in sids]
+        objs, sids = drop(keep, objs, sids)
+    joined = "".join(sids)
+    if not joined.isascii() and not _is_scalar_text(joined):  # a lone surrogate somewhere
+        keep = list(map(_is_scalar_text, sids))
         objs, sids = drop(keep, objs, sids)
     # ---- features: a list of exactly F numbers (int or float, not bool)
     feats = list(map(get, objs, repeat("features")))
@@ -515,6 +548,27 @@ def _non_finite_events(events: Events) -> np.ndarray | None:
     return np.bincount(row_event[bad_rows], minlength=len(events)) > 0
 
 
+def concat(parts: list[Events], feature_size: int) -> Events:
+    """Events of one poll decoded in parts (each with its `index` set), in order, as one."""
+    if not parts:
+        return Events.from_arrays([], np.empty((0, feature_size), np.float32))
+    if len(parts) == 1:
+        return parts[0]
+    parts_p = [p.partitions for p in parts]
+    return Events(
+        stream_ids=[s for p in parts for s in p.stream_ids],
+        steps=np.concatenate([p.steps for p in parts]),
+        counts=np.concatenate([p.counts for p in parts]),
+        chunk=np.concatenate([p.chunk for p in parts]),
+        reset=np.concatenate([p.reset for p in parts]),
+        end=np.concatenate([p.end for p in parts]),
+        ts=[t for p in parts for t in p.ts],
+        features=np.concatenate([p.features for p in parts]),
+        index=np.concatenate([p.index for p in parts]),
+        partitions=None if any(p is None for p in parts_p) else np.concatenate(parts_p),
+    )
+
+
 def select(events: Events, keep: np.ndarray) -> Events:
     """The events where the bool mask `keep` is true (rows follow their events)."""
     row_keep = np.repeat(keep, events.counts)
@@ -536,36 +590,53 @@ def select(events: Events, keep: np.ndarray) -> Events:
 # --------------------------------------------------------------------------- dead letters
 
 
-def dead_letter(code: str, detail: str, source: Any, payload: bytes | str | None) -> dict:
+def dead_letter(code: str, detail: str, source: Any, payload: bytes | str | None, *,
+                keep: int | None = None) -> dict:
     """A dead-letter record.
 
     ``{"error": code, "detail": text, "source": {...}, "payload": text}``. `source` is the transport's
     description of where the message came from: ``{"file": "events.jsonl", "line": 12}`` for JSONL,
     ``{"topic": "events", "partition": 3, "offset": 1042}`` for Kafka. `payload` is the original message
     as text when it is valid UTF-8; otherwise it is the base64 of the raw bytes and the record has
-    ``"payload_encoding": "base64"``. An oversized message keeps only its first 4096 bytes and is marked
-    ``"payload_truncated": true``.
+    ``"payload_encoding": "base64"``. An oversized message keeps only its first 4096 bytes; `keep` cuts the
+    payload to at most that many bytes (so that the record fits its topic: `streamer.limits`). A cut
+    payload is marked ``"payload_truncated": true`` with the original size in ``"payload_bytes"``.
+    `detail` is cut to `DETAIL_CHARS` characters.
     """
+    if len(detail) > DETAIL_CHARS:
+        detail = detail[: DETAIL_CHARS - 3] + "..."
     record: dict = {"error": code, "detail": detail, "source": source}
-    if isinstance(payload, str):
-        raw = payload.encode("utf-8", "surrogatepass")
-    else:
-        try:
-            raw = b"" if payload is None else memoryview(payload).tobytes()
-        except TypeError:
-            raw = repr(payload).encode("utf-8")
-    truncated = len(raw) > DEAD_LETTER_PAYLOAD_LIMIT and code == MESSAGE_TOO_LARGE
-    if truncated:
-        raw = raw[:DEAD_LETTER_PAYLOAD_LIMIT]
-    text = _utf8_or_none(raw, allow_cut_tail=truncated)
+    raw = message_bytes(payload)
+    limit = DEAD_LETTER_PAYLOAD_LIMIT if code == MESSAGE_TOO_LARGE else None
+    if keep is not None:
+        limit = max(0, keep) if limit is None else min(limit, max(0, keep))
+    truncated = limit is not None and len(raw) > limit
+    kept = raw[:limit] if truncated else raw
+    text = _utf8_or_none(kept, allow_cut_tail=truncated)
     if text is None:
-        record["payload"] = base64.b64encode(raw).decode("ascii")
+        record["payload"] = base64.b64encode(kept).decode("ascii")
         record["payload_encoding"] = "base64"
     else:
         record["payload"] = text
     if truncated:
         record["payload_truncated"] = True
+        record["payload_bytes"] = len(raw)
     return record
+
+
+def encode_dead_letter(record: dict) -> bytes:
+    """The bytes of a dead-letter record as every transport writes them (JSON, ASCII-only)."""
+    return json.dumps(record).encode("ascii")
+
+
+def message_bytes(payload: Any) -> bytes:
+    """A message as the bytes it was (str as UTF-8, a tombstone as b"")."""
+    if isinstance(payload, str):
+        return payload.encode("utf-8", "surrogatepass")
+    try:
+        return b"" if payload is None else memoryview(payload).tobytes()
+    except TypeError:
+        return repr(payload).encode("utf-8", "backslashreplace")
 
 
 def _utf8_or_none(raw: bytes, allow_cut_tail: bool) -> str | None:

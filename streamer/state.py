@@ -13,6 +13,12 @@ which streams changed since the last `take_changes` (write their records) and wh
 carries the model version and state size, so a record of another model is refused, never reused;
 and `drop_partition` to let go of every stream of a revoked partition (no tombstones: the state lives on
 in the checkpoint for the partition's next owner).
+
+`savepoint(stream_ids)` / `rollback(savepoint)` undo one poll: the engine takes a savepoint of the poll's
+streams before applying it, and if applying raises, rolls back to it (streams created since are removed,
+released ones come back, the poll's streams get their rows and pending tombstones back) and retries the
+poll event by event. A savepoint costs a copy of the poll's streams' rows; releases are journaled while
+it is open.
 """
 
 from __future__ import annotations
@@ -93,6 +99,24 @@ class Changes:
     freed: list[tuple[str, int]]
 
 
+@dataclass
+class Savepoint:
+    """The store as it was for a set of streams (see `StateStore.savepoint`)."""
+
+    ids: list[str]  # the streams named by the poll, distinct
+    present: list[str]  # those that had state, and their rows:
+    state: np.ndarray
+    last_step: np.ndarray
+    last_seen: np.ndarray
+    partition: np.ndarray
+    dirty: np.ndarray
+    recency: np.ndarray
+    freed: dict[str, int]  # the named streams' pending tombstones
+    tick: int
+    created: set[str] = field(default_factory=set)  # streams created since
+    released: dict[str, tuple] = field(default_factory=dict)  # other streams released since: their rows
+
+
 class StateStore:
     """Slots for up to `max_streams` concurrent streams (None: unbounded) of one model's state."""
 
@@ -120,6 +144,7 @@ class StateStore:
         self._free: list[int] = list(range(capacity - 1, -1, -1))  # pop() hands out low slots first
         self._freed: dict[str, int] = {}  # tombstones since the last take_changes: id -> partition
         self._tick = 0
+        self._savepoint: Savepoint | None = None  # open: creations and releases are journaled
 
     # ------------------------------------------------------------------ lookup
 
@@ -142,17 +167,22 @@ class StateStore:
 
     # ------------------------------------------------------------------ acquire / write / free
 
-    def acquire(self, stream_ids: Sequence[str], now: float,
-                partitions: np.ndarray | None = None) -> tuple[np.ndarray, int, list[str]]:
+    def acquire(self, stream_ids: Sequence[str], now: float, partitions: np.ndarray | None = None,
+                moved: list | None = None) -> tuple[np.ndarray, int, list[str]]:
         """Slots for a poll's events (one id per event, repeats allowed); touches each stream.
 
         New streams get a fresh slot (initial state, last_step -1). At `max_streams`, the least
         recently used streams not named in this call are evicted to make room; if the call itself
-        names more new streams than that frees, the excess get slot -1 (refused).
+        names more new streams than that frees, the excess get slot -1 (refused). With `moved` (and
+        `partitions`), every stream whose events come from another partition than its state, or from two
+        partitions in this call, is appended to it once as (stream_id, one partition, the other).
         Returns (slots (E,) int64, number of streams created, evicted stream ids).
         """
         get = self._index.get
         slots = np.fromiter(map(get, stream_ids, repeat(-1)), np.int64, count=len(stream_ids))
+        old = None
+        if moved is not None and partitions is not None:
+            old = np.where(slots >= 0, self.partition[slots], -1)  # the partitions the streams' state came from
         self._tick += 1
         evicted: list[str] = []
         n_room = 0
@@ -172,7 +202,26 @@ class StateStore:
         self._recency[touched] = self._tick
         if partitions is not None:
             self.partition[touched] = partitions[ok] if len(new_pos) else partitions
+            if old is not None:
+                self._moved(stream_ids, slots, old, partitions, moved)
         return slots, n_room, evicted
+
+    def _moved(self, stream_ids: Sequence[str], slots: np.ndarray, old: np.ndarray, partitions: np.ndarray,
+                moved: list) -> None:
+        """Streams whose events come from another partition than their state (`old`), or from two partitions
+        in this call (then the slot holds the last one's partition): (id, one partition, the other)."""
+        ok = slots >= 0
+        now = np.where(ok, self.partition[slots], -1)
+        diff = ((old >= 0) & (old != partitions)) | (ok & (now != partitions))
+        if not diff.any():
+            return
+        seen = set()
+        for e in np.flatnonzero(diff).tolist():
+            sid = stream_ids[e]
+            if sid not in seen:
+                seen.add(sid)
+                first = int(old[e]) if old[e] >= 0 and old[e] != partitions[e] else int(now[e])
+                moved.append((sid, first, int(partitions[e])))
 
     def _create(self, stream_ids: list[str]) -> None:
         n = len(stream_ids)
@@ -181,6 +230,8 @@ class StateStore:
         if len(self._free) < n:
             self._grow(len(self._index) + n)
         slots = [self._free.pop() for _ in range(n)]
+        if self._savepoint is not None:
+            self._savepoint.created.update(stream_ids)
         for sid, slot in zip(stream_ids, slots):
             self._ids[slot] = sid
             self._index[sid] = slot
@@ -263,10 +314,13 @@ class StateStore:
 
     def _release(self, slots: np.ndarray, tombstone: bool) -> list[str]:
         ids = []
+        sp = self._savepoint
         for slot in slots.tolist():
             sid = self._ids[slot]
             if sid is None:
                 continue
+            if sp is not None and sid not in sp.released and sid not in sp.created:
+                sp.released[sid] = self._row(slot)
             ids.append(sid)
             del self._index[sid]
             self._ids[slot] = None
@@ -276,6 +330,56 @@ class StateStore:
         self._active[slots] = False
         self._dirty[slots] = False
         return ids
+
+    # ------------------------------------------------------------------ savepoints (undoing one poll)
+
+    def savepoint(self, stream_ids: Sequence[str]) -> Savepoint:
+        """Remember the named streams as they are now, and journal creations and releases until
+        `release_savepoint` or `rollback`. One savepoint at a time."""
+        ids = list(dict.fromkeys(stream_ids))
+        slots = np.fromiter(map(self._index.get, ids, repeat(-1)), np.int64, count=len(ids))
+        have = slots >= 0
+        s = slots[have] if not have.all() else slots
+        freed = {sid: self._freed[sid] for sid in ids if sid in self._freed} if self._freed else {}
+        sp = Savepoint(ids=ids, present=[self._ids[i] for i in s.tolist()], state=self.state[s],
+                       last_step=self.last_step[s], last_seen=self.last_seen[s], partition=self.partition[s],
+                       dirty=self._dirty[s], recency=self._recency[s], freed=freed, tick=self._tick)
+        self._savepoint = sp
+        return sp
+
+    def release_savepoint(self) -> None:
+        """The poll went through: stop journaling."""
+        self._savepoint = None
+
+    def rollback(self, sp: Savepoint) -> None:
+        """Put the store back as it was at `sp` (see the module docstring); slots may differ."""
+        self._savepoint = None
+        created = [sid for sid in sp.created if sid in self._index]
+        self._release(np.array([self._index[sid] for sid in created], np.int64), tombstone=False)
+        for sid in sp.created:
+            self._freed.pop(sid, None)
+        rows = dict(sp.released)
+        for i, sid in enumerate(sp.present):
+            rows[sid] = (sp.state[i], sp.last_step[i], sp.last_seen[i], sp.partition[i], sp.dirty[i], sp.recency[i])
+        missing = [sid for sid in rows if sid not in self._index]
+        self._create(missing)
+        for sid, row in rows.items():
+            self._set_row(self._index[sid], row)
+            self._freed.pop(sid, None)
+        for sid in sp.ids:
+            if sid in sp.freed:
+                self._freed[sid] = sp.freed[sid]
+            else:
+                self._freed.pop(sid, None)
+        self._tick = sp.tick
+
+    def _row(self, slot: int) -> tuple:
+        return (self.state[slot].copy(), int(self.last_step[slot]), float(self.last_seen[slot]),
+                int(self.partition[slot]), bool(self._dirty[slot]), int(self._recency[slot]))
+
+    def _set_row(self, slot: int, row: tuple) -> None:
+        (self.state[slot], self.last_step[slot], self.last_seen[slot], self.partition[slot], self._dirty[slot],
+         self._recency[slot]) = row
 
     # ------------------------------------------------------------------ checkpoints
 

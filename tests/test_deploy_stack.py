@@ -94,8 +94,10 @@ class Stack:
         argv = self.argv("streamer")
         argv[argv.index("--metrics-port") + 1] = str(port)
         argv[argv.index("--metrics-host") + 1] = "127.0.0.1"
-        proc = ds.Proc(ds.streamer_argv(argv), self.tmp / f"serve-{i}.log",
-                       env=self.env("streamer", {"STREAMER_METRICS_PORT": str(port)}), cwd=self.tmp)
+        # each container has its own host name, hence its own default --instance-id; here they share one host
+        env = {"STREAMER_METRICS_PORT": str(port), "STREAMER_INSTANCE_ID": f"streamer-replica-{i}-{self.group}"}
+        proc = ds.Proc(ds.streamer_argv(argv), self.tmp / f"serve-{i}.log", env=self.env("streamer", env),
+                       cwd=self.tmp)
         self.procs.append(proc)
         self.ports.append(port)
         return proc, port

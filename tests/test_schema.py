@@ -45,6 +45,8 @@ BAD = [
     (with_(stream_id=17), schema.INVALID_STREAM_ID),
     (with_(stream_id=["a"]), schema.INVALID_STREAM_ID),
     (with_(stream_id="s" * 257), schema.INVALID_STREAM_ID),
+    (b'{"stream_id": "\\ud800", "features": [1, 2, 3]}', schema.INVALID_STREAM_ID),  # a lone surrogate
+    (b'{"stream_id": "a\\udfff", "features": [1, 2, 3]}', schema.INVALID_STREAM_ID),
     (with_(features=...), schema.MISSING_FEATURES),
     (with_(features=None), schema.MISSING_FEATURES),
     (with_(features=[]), schema.INVALID_FEATURES),
@@ -273,3 +275,34 @@ def test_bulk_decode_handles_edge_values_like_the_careful_path():
 
 
 GOOD_BYTES = enc(GOOD)
+
+
+def test_stream_ids_must_be_encodable_as_utf8_keys_on_both_paths():
+    """A lone surrogate is valid JSON (\\ud800) but no UTF-8 text: it would crash the output key. The id is
+    refused (the bulk path for polls of 12+ too); a surrogate *pair* is a real character and is fine, and
+    lone surrogates elsewhere (unknown fields) do not matter."""
+    lone = b'{"stream_id": "s\\ud800x", "step": 0, "features": [1, 2, 3]}'
+    pair = b'{"stream_id": "s\\ud83d\\ude00", "step": 0, "features": [1, 2, 3]}'
+    elsewhere = b'{"stream_id": "b", "note": "\\udc00", "step": 0, "features": [1, 2, 3]}'
+    for poll in ([lone, pair, elsewhere], [GOOD_BYTES] * 6 + [lone, pair, elsewhere] + [GOOD_BYTES] * 6):
+        events, rejected = decode(poll, F, LIMIT)
+        assert [r.code for r in rejected] == [schema.INVALID_STREAM_ID]
+        assert "lone surrogate" in rejected[0].detail
+        assert "s\U0001F600" in events.stream_ids and "b" in events.stream_ids
+        for sid in events.stream_ids:
+            sid.encode("utf-8")
+
+
+def test_details_never_fail_on_odd_values():
+    deep = b'{"stream_id": ' + b"[" * 900 + b"]" * 900 + b', "features": [1, 2, 3]}'
+    huge = enc({"stream_id": "x" * 10_000_000, "features": [1, 2, 3]})
+    _, rejected = decode([deep, huge], F, max_message_bytes=10**8)
+    assert [r.code for r in rejected] == [schema.INVALID_STREAM_ID] * 2
+    assert all(len(r.detail) < 300 for r in rejected)
+
+
+def test_dead_letter_keep_cuts_the_payload_and_records_its_size():
+    dl = dead_letter("invalid_json", "bad", {"index": 0}, b"abcdef", keep=2)
+    assert dl["payload"] == "ab" and dl["payload_truncated"] is True and dl["payload_bytes"] == 6
+    assert dead_letter("invalid_json", "bad", {"index": 0}, b"abcdef", keep=6) == dead_letter(
+        "invalid_json", "bad", {"index": 0}, b"abcdef")

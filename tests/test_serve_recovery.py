@@ -71,7 +71,8 @@ def test_kill_9_mid_run_then_restart_loses_nothing(kafka_bootstrap, kafka_admin,
         partial = _wait_steps(kafka_bootstrap, d.output, total // 3, isolation, timeout_s=30)
         assert count_steps(partial) < total, "the run finished before the kill: not a mid-run crash"
         first.kill(dump=False)  # SIGKILL: no checkpoint, no goodbye
-        second = Serve(model_dir, d, kafka_bootstrap, tmp_path, *extra, name="second")
+        second = Serve(model_dir, d, kafka_bootstrap, tmp_path, *extra, name="second",
+                       instance_id=first.instance_id)  # the same instance restarted: its partitions at once
         feeder.join()
         records = _wait_steps(kafka_bootstrap, d.output, total, isolation, settle_s=2.0 if exactly_once else 0.0)
         got = predictions_by_key(records)

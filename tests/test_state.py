@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -163,3 +165,45 @@ def test_restore_many_loads_all_or_nothing():
     with pytest.raises(StateMismatch, match="no room"):
         capped.restore_many(records)
     assert len(capped) == 0
+
+
+def _snapshot(st: StateStore) -> dict:
+    """Everything observable about a store: each stream's record, and the pending tombstones."""
+    out = {sid: st.export(sid) for sid in st.stream_ids()}
+    return {sid: (r.state.tobytes(), r.last_step, r.last_seen, r.partition) for sid, r in out.items()}
+
+
+def test_rollback_undoes_creations_writes_ends_evictions_and_expiry():
+    st = store(max_streams=4)
+    st.acquire(["a", "b", "c"], now=1.0, partitions=np.array([0, 1, 1]))
+    st.write(np.array([st.slot_of("a"), st.slot_of("b")]), np.ones((2, S), np.float32), np.array([3, 4]))
+    st.free_ids(["c"])
+    st.take_changes()
+    st.acquire(["c", "d"], now=2.0, partitions=np.array([1, 0]))  # c started again after its tombstone
+    st.free_ids(["d"])  # d's tombstone is pending
+    st.write(np.array([st.slot_of("a")]), np.full((1, S), 2, np.float32), np.array([5]))  # a is dirty
+    reference = copy.deepcopy(st)
+
+    sp = st.savepoint(["a", "b", "d", "x", "y"])
+    slots, _, evicted = st.acquire(["a", "b", "d", "x", "y"], now=500.0, partitions=np.array([0] * 5))
+    assert evicted == ["c"]  # the cap of 4 pushed c out
+    st.write(slots[:2], np.full((2, S), 9, np.float32), np.array([10, 11]))
+    st.free(slots[2:4])  # d and x end
+    st.expire(now=1000.0, ttl=1.0)  # everything else idles out
+    assert len(st) == 0
+    st.rollback(sp)
+
+    assert _snapshot(st) == _snapshot(reference)
+    got, want = st.take_changes(), reference.take_changes()
+    assert sorted(got.updated) == sorted(want.updated) and sorted(got.freed) == sorted(want.freed)
+    assert sorted(want.freed) == [("d", 0)] and ("a", 0) in want.updated
+
+
+def test_a_savepoint_that_is_released_keeps_everything():
+    st = store()
+    sp = st.savepoint(["a"])
+    st.acquire(["a"], now=1.0)
+    st.release_savepoint()
+    assert "a" in st and sp.created == {"a"}
+    st.free_ids(["a"])  # no journaling after release
+    assert sp.released == {}

@@ -3,6 +3,9 @@
 Generates --streams concurrent streams of per-step feature events (uniform [0,1)^5, lengths drawn from
 --min-len..--max-len), interleaved at random across streams and in order within each stream, each
 keyed by its stream_id and carrying `step` and `ts` (epoch ms). See `streamer.loadgen`.
+
+Keys are hashed with murmur2 (kafka-python's default partitioner, the Java client's too), the partitioner
+every producer of serve's input topic must use (`streamer.routing`).
 """
 
 from __future__ import annotations

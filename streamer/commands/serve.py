@@ -22,6 +22,7 @@ DEFAULT_METRICS_PORT = 8000
 def register(subparsers) -> None:
     from streamer.cli import env_default
     from streamer.kafka.config import COMPRESSION_TYPES, add_connection_options, add_topic_options
+    from streamer.config import KEY_MISMATCH_POLICIES
     from streamer.kafka.restore import MODEL_CHANGE_POLICIES
 
     p = subparsers.add_parser(
@@ -46,7 +47,8 @@ def register(subparsers) -> None:
     g = p.add_argument_group("topic creation")
     g.add_argument("--create-topics", action="store_true", default=env_default("create_topics", False, _flag),
                    help="create missing topics at start-up (the changelog compacted, with the input topic's "
-                        "partition count) [STREAMER_CREATE_TOPICS=1]")
+                        "partition count), and add partitions to the changelog when the input topic grows "
+                        "[STREAMER_CREATE_TOPICS=1]")
     g.add_argument("--partitions", type=_int_at_least(1), metavar="N",
                    default=env_default("partitions", None, _int_at_least(1)),
                    help="partitions of topics created by --create-topics (default: the input topic's, or 1) "
@@ -83,6 +85,30 @@ def register(subparsers) -> None:
                    help="checkpointed state made by another model version: reset (default: start those streams "
                         "from the initial state, keep their step counters) or refuse (exit 2) "
                         "[STREAMER_ON_MODEL_CHANGE]")
+
+    g = p.add_argument_group("group membership and routing")
+    g.add_argument("--instance-id", metavar="ID", default=env_default("instance_id", None),
+                   help="static group membership (group.instance.id): stable across this instance's restarts and "
+                        "unique per instance, so a restarted instance gets its partitions back at once instead of "
+                        "after --session-timeout-ms; default streamer-<group>-<input>-<hostname> "
+                        "[STREAMER_INSTANCE_ID]")
+    g.add_argument("--dynamic-membership", action="store_true",
+                   default=env_default("dynamic_membership", False, _flag),
+                   help="join as a dynamic member (no --instance-id): for hosts without a stable name; a dead "
+                        "instance's partitions then wait for the session timeout [STREAMER_DYNAMIC_MEMBERSHIP=1]")
+    g.add_argument("--stay-in-group", action="store_true", default=env_default("stay_in_group", False, _flag),
+                   help="on SIGTERM keep this static member's partitions until --session-timeout-ms instead of "
+                        "leaving the group: a restart within that time gets them back without any rebalance "
+                        "(rolling restarts); a scale-down leaves them unserved until then [STREAMER_STAY_IN_GROUP=1]")
+    g.add_argument("--on-key-mismatch", choices=KEY_MISMATCH_POLICIES,
+                   default=env_default("on_key_mismatch", "accept"),
+                   help="a message whose key is missing or is not its stream_id: accept (default: serve it; "
+                        "counted in streamer_key_mismatch_total and logged) or reject (dead letter key_mismatch) "
+                        "[STREAMER_ON_KEY_MISMATCH]")
+    g.add_argument("--metadata-max-age-ms", type=_int_at_least(100), metavar="MS",
+                   default=env_default("metadata_max_age_ms", 5000, _int_at_least(100)),
+                   help="refresh the input topic's metadata this often, so that added partitions are noticed "
+                        "(default 5000) [STREAMER_METADATA_MAX_AGE_MS]")
 
     g = p.add_argument_group("consumer and producer tuning")
     g.add_argument("--poll-max-records", type=_int_at_least(1), metavar="N",
@@ -131,9 +157,10 @@ def run(args) -> int:
     from streamer.engine import Engine
     from streamer.errors import UserError
     from streamer.kafka import acls, failures, secrets
-    from streamer.kafka import topics as topic_admin
+    from streamer.kafka import limits as topic_limits, topics as topic_admin
     from streamer.kafka.config import (ClientTuning, connection_from_args, default_transactional_id,
                                        topics_from_args)
+    from streamer.kafka.membership import default_instance_id, fenced_message
     from streamer.kafka.metrics import KafkaMetrics
     from streamer.kafka.service import FATAL_ERRORS, KafkaClients, KafkaService, ServeSettings, retrying
     from streamer.metrics import Metrics
@@ -151,31 +178,37 @@ def run(args) -> int:
         raise UserError("--transactional-id only applies with --exactly-once")
     needs = acls.serve_needs(topics, args.group_id, exactly_once=args.exactly_once,
                              transactional_id=args.transactional_id, create_topics=args.create_topics)
+    if args.instance_id is not None and args.dynamic_membership:
+        raise UserError("--instance-id and --dynamic-membership exclude each other: give one")
+    instance_id = None if args.dynamic_membership else args.instance_id or default_instance_id(args.group_id,
+                                                                                              topics.input)
     tuning = ClientTuning(
         group_id=args.group_id, max_poll_records=args.poll_max_records, session_timeout_ms=args.session_timeout_ms,
         heartbeat_interval_ms=args.heartbeat_interval_ms, max_poll_interval_ms=args.max_poll_interval_ms,
         auto_offset_reset=args.auto_offset_reset, linger_ms=args.linger_ms, compression=args.compression,
         exactly_once=args.exactly_once, delivery_timeout_ms=int(args.checkpoint_timeout * 1000),
         transactional_id=args.transactional_id or default_transactional_id(args.group_id, topics.input),
-        transaction_timeout_ms=args.transaction_timeout_ms)
+        transaction_timeout_ms=args.transaction_timeout_ms, group_instance_id=instance_id,
+        metadata_max_age_ms=args.metadata_max_age_ms)
     settings = ServeSettings(
         topics=topics, exactly_once=args.exactly_once,
         checkpoint_interval_s=args.checkpoint_interval or (1.0 if args.exactly_once else 5.0),
         poll_timeout_ms=args.poll_timeout_ms,
-        max_poll_records=args.poll_max_records, on_model_change=args.on_model_change)
+        max_poll_records=args.poll_max_records, on_model_change=args.on_model_change,
+        create_topics=args.create_topics, leave_on_shutdown=not args.stay_in_group)
 
     model = load_step_model(args.model)
     metrics = Metrics(CollectorRegistry())
     kafka_metrics = KafkaMetrics(metrics.registry)
-    engine = Engine(model, engine_config(args), metrics)
     server = None
     if args.metrics_port is not None:
         server = start_metrics_server(metrics.registry, args.metrics_host, args.metrics_port, PROG)
     stop = threading.Event()
     _install_signal_handlers(stop)
     log.info("model %s (%d features -> %d outputs, state %d floats); topics %s -> %s, dead letters %s, "
-             "changelog %s", model.version, model.feature_size, model.output_size, model.state_size,
-             topics.input, topics.output, topics.dlq, topics.changelog)
+             "changelog %s; group %s as %s", model.version, model.feature_size, model.output_size,
+             model.state_size, topics.input, topics.output, topics.dlq, topics.changelog, args.group_id,
+             f"static member {instance_id}" if instance_id else "a dynamic member")
     clients = KafkaClients(conn, tuning, needs)
     try:
         admin = retrying(clients.admin, stop, kafka_metrics, "connecting to Kafka", explain=clients.explain)
@@ -190,19 +223,33 @@ def run(args) -> int:
 
         try:
             counts = retrying(check_topics, stop, kafka_metrics, "checking the topics", explain=clients.explain)
+            found = None if counts is None else retrying(
+                lambda: topic_limits.read(admin, topics, tuning.max_request_size), stop, kafka_metrics,
+                "reading the topics' limits", explain=clients.explain)
         finally:
             admin.close()
-        if counts is None:
+        if counts is None or found is None:
             return 0
-        log.info("topics ok: %s", ", ".join(f"{name} ({n} partitions)" for name, n in counts.items()))
+        topic_limits.check(found, topics, model)
+        clients.tuning = dataclasses.replace(tuning, batch_bytes=topic_limits.batch_bytes(found, tuning.batch_bytes))
+        log.info("topics ok: %s; largest records: %s", ", ".join(f"{name} ({n} partitions)"
+                                                                  for name, n in counts.items()), found.describe())
         settings = dataclasses.replace(settings, co_partitioned=counts[topics.output] == counts[topics.input],
-                                       changelog_partitions=counts[topics.changelog])
+                                       changelog_partitions=counts[topics.changelog],
+                                       output_partitions=counts[topics.output])
+        config = dataclasses.replace(engine_config(args), on_key_mismatch=args.on_key_mismatch,
+                                     max_output_record_bytes=found.output, max_dead_letter_record_bytes=found.dlq)
+        engine = Engine(model, config, metrics)
         service = KafkaService(engine, settings, clients, kafka_metrics,
                                ready=server.ready if server is not None else None)
         service.run(stop)
     except FATAL_ERRORS as exc:
         if isinstance(exc, UserError):
             raise
+        from kafka.errors import FencedInstanceIdError
+
+        if isinstance(exc, FencedInstanceIdError):
+            raise UserError(fenced_message(args.group_id, instance_id)) from None
         raise UserError(failures.explain(exc, conn, needs, probe=False)
                         or f"Kafka refused: {type(exc).__name__}: {exc}; check the security settings, ACLs "
                            "and broker version") from None

@@ -142,6 +142,11 @@ class Checkpoint:
     def pending_work(self) -> bool:
         return bool(self._sent) or bool(self._ready) or self._pending is not None
 
+    @property
+    def in_transaction(self) -> bool:
+        """Exactly-once: a transaction is open (records were sent since the last checkpoint)."""
+        return self._txn_open
+
     # ------------------------------------------------------------------ at-least-once, pipelined
 
     def begin(self, store, offsets: dict) -> bool:

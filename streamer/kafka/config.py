@@ -119,6 +119,9 @@ class ClientTuning:
     transaction_timeout_ms: int = 10000
     request_timeout_ms: int = 30000
     delivery_timeout_ms: int = 30000  # a produced record is acknowledged or failed within this
+    group_instance_id: str | None = None  # static membership (streamer.kafka.membership); None: dynamic
+    metadata_max_age_ms: int = 5000  # how soon partitions added to the input topic are seen
+    max_request_size: int = 8 << 20  # the producer's largest record (streamer.kafka.limits)
 
     def consumer_kwargs(self, conn: Connection) -> dict:
         """The group consumer of the input topic: manual commits, read_committed under exactly-once."""
@@ -128,7 +131,8 @@ class ClientTuning:
                 "max_poll_interval_ms": self.max_poll_interval_ms, "request_timeout_ms": self.request_timeout_ms,
                 "isolation_level": "read_committed" if self.exactly_once else "read_uncommitted",
                 "max_partition_fetch_bytes": 4 << 20, "allow_auto_create_topics": False,
-                "check_crcs": fast_crc32c()}
+                "check_crcs": fast_crc32c(), "group_instance_id": self.group_instance_id,
+                "metadata_max_age_ms": self.metadata_max_age_ms}
 
     def reader_kwargs(self, conn: Connection) -> dict:
         """The changelog reader: no group, manual assignment, read_committed, big fetches."""
@@ -153,7 +157,8 @@ class ClientTuning:
               "batch_size": self.batch_bytes, "request_timeout_ms": request_timeout,
               "delivery_timeout_ms": max(self.delivery_timeout_ms, request_timeout + self.linger_ms),
               "compression_type": None if self.compression == "none" else self.compression,
-              "max_request_size": 8 << 20, "allow_auto_create_topics": False}
+              "max_request_size": self.max_request_size, "allow_auto_create_topics": False,
+              "metadata_max_age_ms": self.metadata_max_age_ms}
         if self.exactly_once:
             kw.update(transactional_id=self.transactional_id, transaction_timeout_ms=self.transaction_timeout_ms)
         return kw

@@ -21,6 +21,7 @@ ERROR_KINDS = (
     "changelog_record",  # an unreadable changelog record (skipped)
     "listener",         # a rebalance callback failed
     "group",            # the consumer stayed outside a stable group too long and was replaced
+    "internal",         # building a poll's records raised an unexpected error (the records were skipped)
 )
 REBALANCE_EVENTS = ("assigned", "revoked", "lost")
 CHECKPOINT_OUTCOMES = ("ok", "failed")
@@ -69,6 +70,11 @@ class KafkaMetrics:
                                   registry=r)
         self.transactions = Counter("streamer_kafka_transactions_total", "Exactly-once transactions by outcome",
                                     ["outcome"], registry=r)
+        self.partitioner_mismatches = Counter("streamer_kafka_partitioner_mismatch_total", "Keyed input messages "
+                                              "not in the partition Kafka's default partitioner (murmur2) gives "
+                                              "their key: a producer uses another partitioner", registry=r)
+        self.input_partitions = Gauge("streamer_kafka_input_partitions", "Partitions of the input topic (as of the "
+                                      "last metadata refresh, every --metadata-max-age-ms)", registry=r)
         self.model_changes = Counter("streamer_kafka_state_model_changes_total", "Checkpointed stream states made "
                                      "by another model version: reset (state discarded, step counter kept) or "
                                      "refused (--on-model-change refuse)", ["action"], registry=r)

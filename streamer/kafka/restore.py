@@ -99,17 +99,39 @@ class Restorer:
         return stats
 
     def load(self, store, tables: dict[int, dict[bytes, bytes]]) -> RestoreStats:
-        """Load what `read` returned: {partition: {key: value}} (applies --on-model-change)."""
+        """Load what `read` returned: {partition: {key: value}} (applies --on-model-change).
+
+        A stream with a record in two partitions (its events were split across input partitions: see
+        `streamer.routing`) is loaded once, from its most recent record, and logged; `streams` counts
+        distinct streams."""
         stats = RestoreStats(partitions=sorted(tables))
+        latest: dict[str, StreamRecord] = {}
+        reset_ids: set[str] = set()
+        split: list[tuple[str, int, int]] = []
         for partition, table in tables.items():
             stats.records += len(table)
             records, reset = self._decode(store, partition, table, stats)
-            if records:
-                store.restore_many(records)
-                stats.streams += len(records)
-            if reset:  # checkpoint them again under this model's version
-                slots = np.array([store.slot_of(r.stream_id) for r in reset], np.int64)
-                store.write(slots, np.stack([r.state for r in reset]), np.array([r.last_step for r in reset]))
+            reset_ids.update(r.stream_id for r in reset)
+            for record in records:
+                other = latest.get(record.stream_id)
+                if other is not None:
+                    split.append((record.stream_id, other.partition, record.partition))
+                    if (other.last_seen, other.last_step) >= (record.last_seen, record.last_step):
+                        continue
+                latest[record.stream_id] = record
+        if split:
+            sid, a, b = split[0]
+            log.error("changelog %s: %d stream(s) have state in two partitions, e.g. %r in %d and %d: their events "
+                      "were split across input partitions (key events by stream_id, murmur2 partitioner); the most "
+                      "recent state of each is restored", self.topic, len(split), sid[:80], a, b)
+        records = list(latest.values())
+        if records:
+            store.restore_many(records)
+            stats.streams = len(records)
+        reset = [r for r in records if r.stream_id in reset_ids]
+        if reset:  # checkpoint them again under this model's version
+            slots = np.array([store.slot_of(r.stream_id) for r in reset], np.int64)
+            store.write(slots, np.stack([r.state for r in reset]), np.array([r.last_step for r in reset]))
         return stats
 
     def _decode(self, store, partition: int, table: dict[bytes, bytes],

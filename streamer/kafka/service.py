@@ -19,6 +19,12 @@ Rebalances (kafka-python runs the listener on its IO thread while the main threa
 - lost (forced out of the group): their state is dropped without writing anything (another member
   may own them already); under exactly-once the open transaction is aborted.
 
+Hostile input (see `streamer.engine`, `streamer.limits`, `streamer.routing`): one bad message costs one
+dead letter; every record is sized to fit its topic (`streamer.kafka.limits` reads the limits at start-up);
+keys are checked against stream ids and partitions against murmur2 (`streamer.kafka.routing`); partitions
+added to the input are noticed within seconds (`streamer.kafka.topology`); static membership makes a
+restarted instance get its partitions back at once (`streamer.kafka.membership`).
+
 Errors: a Kafka error in the loop (broker down, delivery failure, flush timeout) is counted, waited
 out with exponential backoff, and followed by a rewind to the last checkpoint: a new producer (records
 in flight dropped, open transaction aborted), every owned partition's state reloaded from the
@@ -28,7 +34,6 @@ steps are duplicates by step and skipped.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -36,14 +41,18 @@ from dataclasses import dataclass
 
 import numpy as np
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import (AuthorizationError, KafkaConfigurationError, KafkaError, SaslAuthenticationFailedError,
-                          UnsupportedVersionError)
+from kafka.errors import (AuthorizationError, FencedInstanceIdError, KafkaConfigurationError, KafkaError,
+                          KafkaTimeoutError, SaslAuthenticationFailedError, UnsupportedVersionError)
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
+from streamer import limits, schema
 from streamer.errors import UserError
+from streamer.kafka import membership
 from streamer.kafka.checkpoint import Checkpoint
 from streamer.kafka.restore import Restorer
+from streamer.kafka.routing import PartitionerCheck
 from streamer.kafka.topics import Topics
+from streamer.kafka.topology import TopologyWatch
 from streamer.state import StateMismatch
 from streamer.transports import Poll
 
@@ -51,7 +60,7 @@ log = logging.getLogger("streamer.serve")
 
 # Errors that retrying cannot fix: stop with a clear message instead of looping.
 FATAL_ERRORS = (AuthorizationError, SaslAuthenticationFailedError, UnsupportedVersionError,
-                KafkaConfigurationError, UserError)
+                KafkaConfigurationError, FencedInstanceIdError, UserError)
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,9 @@ class ServeSettings:
     # with its events' number (no key hashing on the hot path); else Kafka's default partitioner decides
     co_partitioned: bool = False
     changelog_partitions: int | None = None  # input partitions beyond it have nowhere to keep their state
+    output_partitions: int | None = None  # co-partitioned: input partitions beyond it go by key
+    create_topics: bool = False  # also: add changelog partitions when the input grows
+    leave_on_shutdown: bool = True  # a static member sends LeaveGroup on SIGTERM (streamer.kafka.membership)
 
 
 class KafkaClients:
@@ -198,12 +210,19 @@ class KafkaService:
         self._positions: dict[int, int] = {}  # next offset to process, per active partition
         self._committed: dict[int, int] = {}  # last committed offset we know of
         self._needs_recovery = False
+        self._fenced = False
         self._resetting = False  # replacing a stuck consumer: callbacks do nothing
         self._unstable_since: float | None = None
         self._disconnected_since: float | None = None
         self._abandoned: list = []  # producers whose records never resolved (closing them would block)
         self._last_lag = 0.0
         self._checkpoint_started = 0.0
+        self.partitioner = PartitionerCheck(metrics.partitioner_mismatches)
+        self.topology = TopologyWatch(settings.topics, clients, metrics,
+                                      changelog_partitions=settings.changelog_partitions,
+                                      output_partitions=settings.output_partitions if settings.co_partitioned else None,
+                                      create_topics=settings.create_topics,
+                                      await_changelog=self._await_partitions)
         self.totals = {"polls": 0, "messages": 0, "records": 0, "dead_letters": 0, "checkpoints": 0,
                        "recoveries": 0}
 
@@ -231,6 +250,8 @@ class KafkaService:
                     received = time.perf_counter()
                     if records:
                         with self._lock:
+                            if s.exactly_once and self.checkpoint.in_transaction and _heavy(records):
+                                self._checkpoint()  # a long poll must not age an open transaction
                             self._process(records, received)
                     now = time.monotonic()
                     if not s.exactly_once:
@@ -244,8 +265,10 @@ class KafkaService:
                         self._last_lag = now
                         self._update_lag()
                         self._watch_group(now)
+                        self.topology.observe(len(self.consumer.partitions_for_topic(self.topic) or ()))
                     backoff.reset()
-                except FATAL_ERRORS:
+                except FATAL_ERRORS as exc:
+                    self._fenced = isinstance(exc, FencedInstanceIdError)  # another process is this member now
                     raise
                 except KafkaError as exc:
                     line = self.clients.explain(exc, probe=False)  # e.g. an ACL revoked while serving
@@ -290,7 +313,7 @@ class KafkaService:
         # Know the topic's partitions before the first join: a leader that assigns without them rejoins at
         # once when they arrive, and kafka-python 3.0.12 can lose such a metadata-triggered rejoin when it
         # spans several poll() calls (the member stays "rebalancing" with heartbeats off; see _watch_group).
-        self.consumer.partitions_for_topic(self.topic)
+        self.topology.observe(len(self.consumer.partitions_for_topic(self.topic) or ()))
         self.consumer.subscribe([self.topic], listener=_Listener(self))
         return True
 
@@ -357,6 +380,8 @@ class KafkaService:
                 except KafkaError as exc:
                     log.warning("final checkpoint failed (%s: %s); the events since the last one will be "
                                 "replayed by the next owner", type(exc).__name__, exc)
+        if self.settings.leave_on_shutdown and not self._fenced:
+            membership.leave_on_close(self.consumer)  # a static member leaves too: its partitions move now
         try:
             self.consumer.close()  # the revoke callback checkpoints (nothing left) and we leave the group
         except KafkaError as exc:
@@ -378,48 +403,62 @@ class KafkaService:
 
     def _process(self, records: dict, received: float) -> None:
         messages: list = []
+        keys: list = []
         partitions: list[int] = []
         offsets: list[int] = []
         where: dict[bytes, int] = {}  # key -> input partition, for co-partitioned outputs
         co = self.settings.co_partitioned
+        records = {tp: recs for tp, recs in records.items() if self._take(tp, recs)}
+        self.partitioner.check(records, len(self.consumer.partitions_for_topic(self.topic) or ()))
         for tp, recs in records.items():
             p = tp.partition
-            if p not in self._active:  # not restored yet (or no longer ours): fetch these again later
-                if p in self._pending:
-                    self.consumer.seek(tp, recs[0].offset)
-                continue
-            if co:
-                where.update(dict.fromkeys([r.key for r in recs], p))
+            msg_keys = [r.key for r in recs]
+            if co and self.topology.output_partition(p) is not None:
+                where.update(dict.fromkeys(msg_keys, p))
             messages.extend([r.value if r.value is not None else b"" for r in recs])
+            keys.extend(msg_keys)
             partitions.extend([p] * len(recs))
             offsets.extend([r.offset for r in recs])
             self._positions[p] = recs[-1].offset + 1
         if not messages:
             return
         topic = self.topic
-        poll = Poll(messages=messages, partitions=np.array(partitions, np.int64), received=received,
+        poll = Poll(messages=messages, partitions=np.array(partitions, np.int64), received=received, keys=keys,
                     source=lambda i: {"topic": topic, "partition": partitions[i], "offset": offsets[i]})
         result = self.engine.process(poll)
         out = result.outputs
         cp = self.checkpoint
-        if len(out):
-            lines = out.json_lines()
-            keys = [s.encode() for s in out.stream_ids]
-            cp.send_many(self.settings.topics.output, keys, [line.encode() for line in lines],
-                         [where.get(k) for k in keys] if co else None)
+        try:  # building records from the engine's outputs cannot fail on any message; a bug must not stop serve
+            lines = [line.encode() for line in out.json_lines()] if len(out) else []
+            out_keys = [s.encode() for s in out.stream_ids]
+            dead = [(limits.dead_letter_key(keys[i]), schema.encode_dead_letter(dl))
+                    for dl, i in zip(result.dead_letters, result.dead_letter_index)]
+        except Exception as exc:  # noqa: BLE001
+            log.error("building the records of a poll raised %s: %s; its %d prediction records and %d dead letters "
+                      "are skipped", type(exc).__name__, exc, len(out), len(result.dead_letters), exc_info=exc)
+            self.metrics.error("internal")
+            lines, out_keys, dead = [], [], []
+        if lines:
+            cp.send_many(self.settings.topics.output, out_keys, lines,
+                         [where.get(k) for k in out_keys] if co else None)
             self.metrics.produced.labels("prediction").inc(len(lines))
-        if result.dead_letters:
-            keys = {(r.partition, r.offset): r.key for recs in records.values() for r in recs}
-            for dl in result.dead_letters:
-                src = dl["source"]
-                cp.send(self.settings.topics.dlq, keys.get((src["partition"], src["offset"])),
-                        json.dumps(dl).encode())
-            self.metrics.produced.labels("dead_letter").inc(len(result.dead_letters))
+        for key, value in dead:
+            cp.send(self.settings.topics.dlq, key, value)
+        if dead:
+            self.metrics.produced.labels("dead_letter").inc(len(dead))
         t = self.totals
         t["polls"] += 1
         t["messages"] += len(messages)
         t["records"] += len(out)
         t["dead_letters"] += len(result.dead_letters)
+
+    def _take(self, tp, recs) -> bool:
+        """Whether a partition's fetched records are processed now (not before its state is restored)."""
+        if tp.partition in self._active:
+            return True
+        if tp.partition in self._pending:  # not restored yet: fetch these again later
+            self.consumer.seek(tp, recs[0].offset)
+        return False
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -467,6 +506,8 @@ class KafkaService:
         if offsets:
             try:
                 self._commit_offsets(offsets)
+            except FATAL_ERRORS:
+                raise
             except KafkaError as exc:  # the state is durable: replayed events are deduplicated later
                 ok = False
                 self.metrics.error("commit")
@@ -622,11 +663,9 @@ class KafkaService:
     def _restore_pending(self) -> None:
         with self._lock:
             parts = sorted(self._pending)
-            n = self.settings.changelog_partitions
-            if n is not None and parts and parts[-1] >= n:
-                raise UserError(f"input topic {self.topic} now has partition {parts[-1]}, but changelog "
-                                f"{self.settings.topics.changelog} has only {n} partitions; add partitions to the "
-                                "changelog to match (kafka-topics --alter --partitions) and restart")
+            if parts:
+                self.topology.observe(len(self.consumer.partitions_for_topic(self.topic) or ()))
+                self.topology.ensure_changelog(parts[-1] + 1)  # adds them (--create-topics) or stops
             try:
                 stats = self.restorer.restore(self.engine.store, parts)
             except StateMismatch as exc:
@@ -669,6 +708,15 @@ class KafkaService:
             self._needs_recovery = False
         log.info("rewound to the last checkpoint: restoring partitions %s", owned)
 
+    def _await_partitions(self, topic: str, count: int) -> None:
+        """Wait (a metadata refresh at most) until the producer knows `count` partitions of `topic`: kafka-python
+        refuses a record for a partition its metadata does not have yet."""
+        deadline = time.monotonic() + self.clients.tuning.metadata_max_age_ms / 1000 + 10
+        while len(self.checkpoint.producer.partitions_for(topic) or ()) < count:
+            if time.monotonic() > deadline:
+                raise KafkaTimeoutError(f"the producer did not learn the {count} partitions of {topic} in time")
+            time.sleep(0.1)
+
     def _update_lag(self) -> None:
         lags = {}
         for p in self._owned:
@@ -680,6 +728,16 @@ class KafkaService:
             if hw is not None and pos is not None:
                 lags[p] = max(0, hw - pos)
         self.metrics.set_lag(lags)
+
+
+# Under exactly-once a poll of more message bytes than this (a chunk of ~30k steps takes about a second to
+# apply) starts on a committed transaction: the broker aborts a transaction left open longer than
+# --transaction-timeout-ms, and a poll that always outlives it would be rewound and redone forever.
+HEAVY_POLL_BYTES = 256 * 1024
+
+
+def _heavy(records: dict) -> bool:
+    return sum(len(r.value or b"") for recs in records.values() for r in recs) > HEAVY_POLL_BYTES
 
 
 def _error_kind(exc: BaseException) -> str:
