@@ -18,8 +18,9 @@ Same conventions as `models.kernels`: feature-major (features, batch) arrays, st
 op's block of `state` and written to the same block of a fresh `new_state`; weights in Keras layout
 in `params()`.
 
-Masks: `ends_mask` marks ops after which Keras no longer passes the sequence mask on (Conv1D and
-GlobalMaxPooling1D do not support masking, so Keras drops it; GlobalAveragePooling1D consumes it).
+Masks: `ends_mask` marks ops after which Keras no longer passes the sequence mask on (Conv1D,
+RMSNormalization and GlobalMaxPooling1D do not support masking, so Keras drops it;
+GlobalAveragePooling1D consumes it).
 `StepModel` gives later ops no mask, exactly like Keras.
 """
 
@@ -131,9 +132,11 @@ class LayerNormOp(_PerStepOp):
 
 
 class RMSNormOp(_PerStepOp):
-    """Keras RMSNormalization over the feature axis: x * rsqrt(mean(x^2) + eps) * scale."""
+    """Keras RMSNormalization over the feature axis: x * rsqrt(mean(x^2) + eps) * scale. The Keras
+    layer does not support masking, so it drops the mask (later layers see every step)."""
 
     kind = "rms_norm"
+    ends_mask = True
 
     def __init__(self, name, in_size, epsilon=1e-6, scale=None):
         super().__init__(name, in_size)
