@@ -2,7 +2,8 @@
 
 For each poll the engine
 
-1. decodes and validates the messages (`streamer.schema.decode`); each bad one becomes a dead letter;
+1. decodes and validates the messages (`streamer.schema.decode`; token ids for a model that starts with an
+   Embedding); each bad one becomes a dead letter;
 2. expires idle streams (``ttl``), then finds or creates each event's state slot (`StateStore.acquire`);
 3. applies the steps in *waves*: wave w holds the w-th pending step of every stream that has one, so a
    stream's steps run strictly in order while all streams advance together in one batched
@@ -166,6 +167,8 @@ class Engine:
                                 capacity=self.config.initial_capacity, max_streams=self.config.max_streams)
         self.metrics.set_model(model)
         self.step_block = 512  # rows per model.step call within a wave (cache-sized working sets)
+        # a token model (input_kind "tokens") takes one integer id per step: the schema checks them
+        self._vocab_size = getattr(model, "vocab_size", None)
         self._empty_outputs = self._outputs_of(Events.from_arrays([], np.empty((0, model.feature_size))),
                                                np.empty(0, np.int64), np.empty(0, np.int64),
                                                np.empty((0, model.output_size), np.float32))
@@ -176,7 +179,7 @@ class Engine:
         """Decode, apply and account one poll of raw messages."""
         m = self.metrics
         events, rejected = schema.decode(poll.messages, self.model.feature_size,
-                                         self.config.max_message_bytes, poll.partitions)
+                                         self.config.max_message_bytes, poll.partitions, self._vocab_size)
         m.count_events("invalid", len(rejected))
         outputs, more = self.apply(events)
         rejected.extend(more)
