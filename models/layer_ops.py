@@ -125,7 +125,7 @@ class LayerNormOp(_PerStepOp):
             inv = inv * self._g
         res = -mean * inv
         if self._b is not None:
-            res += self._b
+            res = res + self._b  # (without gamma, res is one row: broadcast it)
         y = x * inv
         y += res
         return y
@@ -255,15 +255,16 @@ class RescalingOp(_PerStepOp):
 
     def __init__(self, name, in_size, scale=None, offset=None):
         super().__init__(name, in_size)
+        # (the Keras weight "offset" is kept as `shift`: `Op.offset` is this op's place in the state)
         self.scale = _vector(1.0 if scale is None else scale, self.in_size, f"{name}: scale")
-        self.offset = _vector(0.0 if offset is None else offset, self.in_size, f"{name}: offset")
-        self._s, self._o = column(self.scale), column(self.offset)
+        self.shift = _vector(0.0 if offset is None else offset, self.in_size, f"{name}: offset")
+        self._s, self._o = column(self.scale), column(self.shift)
 
     def config(self):
         return {"kind": self.kind, "name": self.name}
 
     def params(self):
-        return {"scale": self.scale, "offset": self.offset}
+        return {"scale": self.scale, "offset": self.shift}
 
     def forward(self, x, state, new_state, keep):
         y = x * self._s

@@ -101,6 +101,9 @@ class StepModel:
         extra = set(weights) - used
         if extra:
             raise ModelError(f"weights without a layer: {', '.join(sorted(extra))}")
+        odd = [f"{i}.{k}" for i, op in enumerate(ops) for k, v in op.params().items() if type(v) is not np.ndarray]
+        if odd:  # an op whose params() clash with an attribute set here (e.g. `offset`)
+            raise ModelError(f"weights that are not arrays: {', '.join(odd)}")
         self.input_kind, self.vocab_size = _input_kind(ops, input_kind)
         self.many_to_one = bool(many_to_one)
         self._ops = tuple(ops)
