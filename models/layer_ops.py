@@ -276,9 +276,9 @@ class CausalConv1DOp(Op):
     """Keras Conv1D with padding="causal" (stride 1, groups 1): y_t = act(sum_k W_k^T x_{t-(K-1-k)d} + b).
 
     The state holds the last (K-1)*d inputs, oldest first, C_in rows each (zeros before the stream's
-    first step, exactly Keras' causal left padding). One step: window = [buffer; x], the K taps are every
-    d-th input of the window, one matmul with the kernel flattened to (K*C_in, filters), and the buffer
-    moves on by one input. A mask does not hold the buffer: Keras' Conv1D ignores (and drops) the mask.
+    first step, exactly Keras' causal left padding). One step: one matmul per tap (the K-1 older taps are
+    contiguous row blocks of the state, the newest is x), and the buffer moves on by one input (one copy).
+    A mask does not hold the buffer: Keras' Conv1D ignores (and drops) the mask.
     """
 
     kind = "conv1d_causal"
@@ -293,12 +293,18 @@ class CausalConv1DOp(Op):
             raise ModelError(f"{name}: kernel_size and dilation_rate must be >= 1")
         self.activation = Activation(activation)
         self.use_bias = bool(use_bias)
-        k, c = self.kernel_size, self.in_size
+        k, c, d = self.kernel_size, self.in_size, self.dilation_rate
         self.kernel = param_f32(kernel, (k, c, self.filters), f"{name}: kernel")
         self.bias = param_f32(bias, (self.filters,), f"{name}: bias") if self.use_bias else None
-        self.history = (k - 1) * self.dilation_rate  # inputs kept in the state
+        self.history = (k - 1) * d  # inputs kept in the state
         self.state_blocks = (("window", self.history * c),) if self.history else ()
-        self._wt = np.ascontiguousarray(self.kernel.reshape(k * c, self.filters).T)
+        self._w_new = np.ascontiguousarray(self.kernel[-1].T)  # (filters, C_in): the tap on this step's x
+        if d == 1:  # the older taps are the whole window: one matmul over it
+            self._w_old = [np.ascontiguousarray(self.kernel[:-1].reshape((k - 1) * c, self.filters).T)]
+            self._taps = [(0, self.history * c)] if self.history else []
+        else:  # one matmul per older tap, each a contiguous block of rows of the window
+            self._w_old = [np.ascontiguousarray(self.kernel[i].T) for i in range(k - 1)]
+            self._taps = [(i * d * c, (i * d + 1) * c) for i in range(k - 1)]
         self._b = column(self.bias)
 
     def config(self):
@@ -310,18 +316,13 @@ class CausalConv1DOp(Op):
         return {"kernel": self.kernel, **({"bias": self.bias} if self.use_bias else {})}
 
     def forward(self, x, state, new_state, keep):
+        y = np.dot(self._w_new, x)
         if self.history:
-            s, c = self.offset, self.in_size
-            n = self.history * c
-            window = np.concatenate((state[s:s + n], x))  # (history + 1) inputs, oldest first
-            new_state[s:s + n] = window[c:]
-            if self.dilation_rate == 1:
-                taps = window
-            else:
-                taps = window.reshape(self.history + 1, c, -1)[::self.dilation_rate].reshape(-1, x.shape[1])
-        else:
-            taps = x
-        y = np.dot(self._wt, taps)
+            s, c, n = self.offset, self.in_size, self.history * self.in_size
+            for w, (a, b) in zip(self._w_old, self._taps):
+                y += np.dot(w, state[s + a:s + b])
+            new_state[s:s + n - c] = state[s + c:s + n]
+            new_state[s + n - c:s + n] = x
         if self._b is not None:
             y += self._b
         if not self.activation.is_linear:
