@@ -75,62 +75,58 @@ def _node_parts(node) -> tuple[list[str], list[str], dict]:
     return _history(args), _history(mask), kwargs
 
 
-class _MaskOps:
-    """The operation nodes of a Functional config (not layers), checked to be Keras' implicit masks."""
+def _single_input(entry: dict) -> tuple[str, list] | None:
+    """(the tensor an operation entry reads, its other arguments), or None if it is not that simple."""
+    nodes = entry.get("inbound_nodes") or []
+    if len(nodes) != 1 or not isinstance(nodes[0], dict):
+        return None
+    args = nodes[0].get("args") or []
+    sources = _history(args[:1])
+    if len(sources) != 1 or _history(args[1:]) or _history(nodes[0].get("kwargs") or {}):
+        return None
+    return sources[0], list(args[1:])
 
-    def __init__(self, model):
-        self.model = model
-        self.entries: dict[str, dict] = {}
 
-    def add(self, entry: dict) -> None:
-        self.entries[entry["name"]] = entry
+def _is_zero(args: list) -> bool:
+    return len(args) == 1 and type(args[0]) in (int, float) and args[0] == 0
 
-    def __contains__(self, name: str) -> bool:
-        return name in self.entries
 
-    def _source(self, entry: dict, cls: str) -> tuple[str, list]:
-        """The single tensor input of operation `entry` (expected of class `cls`) and its other args."""
-        if entry.get("class_name") != cls:
-            raise KeyError
-        args = (entry.get("inbound_nodes") or [{}])[0].get("args") or []
-        sources = _history(args[:1])
-        if len(entry.get("inbound_nodes") or []) != 1 or len(sources) != 1 or _history(args[1:]):
-            raise KeyError
-        return sources[0], list(args[1:])
+def implicit_masks(entries: list[dict], ops: set[str]) -> tuple[dict[str, str], set[str]]:
+    """The operation nodes of a Functional config that compute Keras' implicit masks.
 
-    def implied_by(self, name: str) -> tuple[str, object]:
-        """(kind, value) of the mask op `name`: ('masking', mask_value) for any(not_equal(x, v), -1)
-        or ('embedding', 0) for not_equal(x, 0), with x the tensor the op reads. KeyError otherwise."""
-        entry = self.entries[name]
-        if entry.get("class_name") == "Any":
-            config = entry.get("config") or {}
-            if config.get("axis") not in (-1, [-1]) or config.get("keepdims"):
-                raise KeyError
-            inner, _ = self._source(entry, "Any")
-            source, rest = self._source(self.entries[inner], "NotEqual")
-            if len(rest) != 1 or not isinstance(rest[0], (int, float)):
-                raise KeyError
-            return source, ("masking", float(rest[0]))
-        source, rest = self._source(entry, "NotEqual")
-        if rest != [0] and rest != [0.0]:
-            raise KeyError
-        return source, ("embedding", 0)
-
-    def check(self, layer_name: str, mask_name: str, producers: dict[str, object]) -> None:
-        """Refuse a mask that is not the one Keras derives from an earlier Masking/Embedding layer."""
-        why = (f"layer '{layer_name}' is called with a mask computed by operation '{mask_name}', which is not "
-               "the mask of an earlier Masking layer (or Embedding with mask_zero=True)")
-        try:
-            source, (kind, value) = self.implied_by(mask_name)
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise ConversionError(f"model '{self.model.name}': {why}; such masks cannot be streamed") from None
-        layer = producers.get(source)
-        if layer is None:
-            raise ConversionError(f"model '{self.model.name}': {why}; such masks cannot be streamed")
-        if kind == "masking" and not (_kind(layer) == "Masking" and float(layer.mask_value) == value):
-            raise ConversionError(f"model '{self.model.name}': {why}; such masks cannot be streamed")
-        if kind == "embedding" and not (_kind(layer) == "Embedding" and getattr(layer, "mask_zero", False)):
-            raise ConversionError(f"model '{self.model.name}': {why}; such masks cannot be streamed")
+    Returns ({mask op name: the Masking/Embedding layer whose mask it is}, {helper op names}): for a
+    `Masking(v)` reading tensor x, `any(not_equal(x, v), axis=-1)` (the `not_equal` is a helper); for an
+    `Embedding(mask_zero=True)` reading x, `not_equal(x, 0)`. `ops` names the entries that are operations.
+    """
+    by_name = {e["name"]: e for e in entries}
+    reads = {}  # op name -> (source tensor, other args) for simple single-input operations
+    for name in ops:
+        found = _single_input(by_name[name]) if name in by_name else None
+        if found is not None:
+            reads[name] = found
+    masks, helpers = {}, set()
+    for entry in entries:
+        kind, config = entry.get("class_name"), entry.get("config") or {}
+        nodes = entry.get("inbound_nodes") or []
+        if kind not in ("Masking", "Embedding") or len(nodes) != 1:
+            continue
+        sources = _node_parts(nodes[0])[0]
+        if len(sources) != 1:
+            continue
+        for name, (src, rest) in reads.items():
+            op_kind = by_name[name].get("class_name")
+            if src != sources[0] or op_kind != "NotEqual":
+                continue
+            if kind == "Embedding" and config.get("mask_zero") and _is_zero(rest):
+                masks[name] = entry["name"]
+            elif kind == "Masking" and len(rest) == 1 and rest[0] == config.get("mask_value", 0.0):
+                for outer, (outer_src, outer_rest) in reads.items():
+                    outer_config = by_name[outer].get("config") or {}
+                    if (outer_src == name and not outer_rest and by_name[outer].get("class_name") == "Any"
+                            and outer_config.get("axis") in (-1, [-1]) and not outer_config.get("keepdims")):
+                        masks[outer] = entry["name"]
+                        helpers.add(name)
+    return masks, helpers
 
 
 def _read_config(model) -> tuple[list, str, str]:
@@ -158,29 +154,25 @@ def functional_chain(model) -> list:
     """
     entries, in_name, out_name = _read_config(model)
     by_name = {layer.name: layer for layer in model.layers}
-    mask_ops = _MaskOps(model)
+    ops = {e["name"] for e in entries if e["name"] not in by_name and e.get("class_name") != "InputLayer"}
     prev = in_name
-    # Which layer's *input* each chain tensor is: a mask op reads the tensor a Masking/Embedding consumes.
-    consumers: dict[str, object] = {}
-    layers = []
-    pending_masks: list[tuple[str, str]] = []
+    layers, seen, used_masks = [], set(), []
     for entry in entries:
         name = entry["name"]
         if entry.get("class_name") == "InputLayer":
             if name != in_name:
                 _not_linear(model, f"extra input '{name}'")
             continue
-        if name not in by_name:  # an operation (keras.ops call), not a layer
-            mask_ops.add(entry)
+        if name in ops:  # an operation (a keras.ops call), not a layer: checked below
             continue
         nodes = entry.get("inbound_nodes") or []
         if len(nodes) != 1:
             _not_linear(model, f"layer '{name}' is called {len(nodes)} times")
         sources, masks, kwargs = _node_parts(nodes[0])
         if sources != [prev]:
-            ops = [s for s in sources if s in mask_ops]
-            if ops:
-                _not_linear(model, f"layer '{name}' takes the result of operation {_names(ops)} "
+            from_ops = [s for s in sources if s in ops]
+            if from_ops:
+                _not_linear(model, f"layer '{name}' takes the result of operation {_names(from_ops)} "
                                    "(a keras.ops call, not a layer)")
             _not_linear(model, f"layer '{name}' takes {_names(sources)} instead of just the previous layer '{prev}'")
         extra = _history(kwargs)
@@ -190,17 +182,26 @@ def functional_chain(model) -> list:
         if kwargs.get("training") is True and _kind(layer) in _TRAINING_NOISE:
             raise ConversionError(f"layer '{layer.name}' ({_kind(layer)}) cannot stream: it is called with "
                                   "training=True, so it is random at inference too")
-        pending_masks += [(name, m) for m in masks]
-        consumers.setdefault(prev, layer)
+        used_masks += [(name, m, set(seen)) for m in masks]
+        seen.add(name)
         layers.append(layer)
         prev = name
     if prev != out_name:
         _not_linear(model, f"the chain ends at '{prev}' but the output is '{out_name}'")
-    for layer_name, mask_name in pending_masks:
-        if mask_name not in mask_ops:
-            _not_linear(model, f"layer '{layer_name}' is called with a mask from layer '{mask_name}'")
-        mask_ops.check(layer_name, mask_name, consumers)
+    _check_masks(model, entries, ops, used_masks)
     return layers
+
+
+def _check_masks(model, entries, ops: set[str], used: list) -> None:
+    """Every mask a layer is called with is the implicit mask of an earlier Masking/Embedding layer."""
+    masks, _ = implicit_masks(entries, ops)
+    for layer_name, mask_name, earlier in used:
+        if masks.get(mask_name) not in earlier:
+            what = f"operation '{mask_name}'" if mask_name in ops else f"layer '{mask_name}'"
+            raise ConversionError(
+                f"model '{model.name}': layer '{layer_name}' is called with a mask computed by {what}, which "
+                "is not the mask of an earlier Masking layer (or Embedding with mask_zero=True); such masks "
+                "cannot be streamed")
 
 
 def linear_layers(model, is_last_outer: bool = True):

@@ -10,7 +10,8 @@ tf.keras's own `.keras` archives are refused with one line saying what to export
 `load_keras_model(path)` reads the stored config first (plain JSON, nothing deserialised) and refuses
 `Lambda` layers and custom classes, then loads with `safe_mode=True`: `.keras` through
 `keras.saving.load_model`, `.h5` through Keras' own legacy HDF5 loader, after dropping the Keras 2
-config keys that Keras 3 no longer accepts (`time_major=False`, which every Keras 2 RNN writes).
+config keys that Keras 3 no longer accepts (`time_major=False`, which every Keras 2 RNN writes) and the
+mask operation nodes that Keras 3 writes into Functional .h5 configs but cannot read back.
 Everything wrong is a `ModelError` (one line; the CLI exits 2).
 """
 
@@ -164,6 +165,56 @@ def _keras2_compat(config, p: Path) -> None:
             stack.extend(obj)
 
 
+def _is_op(entry) -> bool:
+    """True for an operation node (a keras.ops call) of a Functional config, not a layer.
+
+    `.keras` configs name the op's module (keras.src.ops...); `.h5` configs do not, but an op's config
+    has neither `trainable` nor `dtype`, which every layer's config has (InputLayer has `dtype`).
+    """
+    if not isinstance(entry, dict):
+        return False
+    if "module" in entry:
+        return str(entry.get("module") or "").startswith("keras.src.ops")
+    config = entry.get("config") or {}
+    return entry.get("class_name") != "InputLayer" and "trainable" not in config and "dtype" not in config
+
+
+def _drop_mask_ops(config, p: Path) -> None:
+    """Remove the implicit-mask operation nodes that Keras 3 writes into a Functional .h5 config (in place).
+
+    Keras 3 stores a Masking/Embedding mask as `not_equal`/`any` operation nodes and passes it to the
+    next layers as `mask=`; its own legacy .h5 loader cannot read those nodes back ("Unknown layer:
+    'NotEqual'"). Without them Keras derives the very same mask again while rebuilding the graph. Any
+    other operation is refused: it is not a layer, and the step model could not stream it anyway.
+    """
+    from models.graph import implicit_masks
+
+    stack = [config]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, list):
+            stack.extend(obj)
+            continue
+        if not isinstance(obj, dict):
+            continue
+        entries = obj.get("layers") if isinstance(obj.get("layers"), list) else None
+        ops = {e["name"] for e in entries or [] if _is_op(e)}
+        if ops:
+            masks, helpers = implicit_masks(entries, ops)
+            other = sorted(ops - set(masks) - helpers)
+            if other:
+                raise ModelError(f"{p}: the model's graph calls the operation '{other[0]}' (a keras.ops call, not a "
+                                 "layer), which Keras cannot load from an .h5 file and which cannot be streamed; "
+                                 "build the model from layers only")
+            obj["layers"] = [e for e in entries if e["name"] not in ops]
+            for entry in obj["layers"]:
+                for node in entry.get("inbound_nodes") or []:
+                    mask = node.get("kwargs", {}).get("mask") if isinstance(node, dict) else None
+                    if isinstance(mask, dict) and (mask.get("config") or {}).get("keras_history", [None])[0] in masks:
+                        del node["kwargs"]["mask"]
+        stack.extend(obj.values())
+
+
 # ----------------------------------------------------------------------------- loading
 
 def _one_line(p: Path, exc: Exception) -> ModelError:
@@ -192,6 +243,7 @@ def _h5_model(p: Path):
     config = _h5_config(h5file, p)
     check_config(config, p)
     _keras2_compat(config, p)
+    _drop_mask_ops(config, p)
     h5file.attrs["model_config"] = json.dumps(config)
     return h5file
 
