@@ -364,25 +364,12 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int,
     if set(map(type, sids)) != {str} or min(map(len, sids)) < 1 or max(map(len, sids)) > MAX_STREAM_ID_CHARS:
         keep = [type(s) is str and 0 < len(s) <= MAX_STREAM_ID_CHARS for s in sids]
         objs, sids = drop(keep, objs, sids)
+    # ---- features: a list of exactly F numbers (int or float, not bool); token models: one id
     feats = list(map(get, objs, repeat("features")))
-    if vocab_size is not None:
-        # ---- features (token model): one int 0..vocab_size-1
-        if set(map(type, feats)) != {int} or min(feats) < 0 or max(feats) >= vocab_size:
-            keep = [type(f) is int and 0 <= f < vocab_size for f in feats]
-            objs, sids, feats = drop(keep, objs, sids, feats)
-            if not objs:
-                return None, sorted(careful)
-        flat = None
-    else:
-        # ---- features: a list of exactly F numbers (int or float, not bool)
-        if set(map(type, feats)) != {list} or set(map(len, feats)) != {feature_size}:
-            keep = [type(f) is list and len(f) == feature_size for f in feats]
-            objs, sids, feats = drop(keep, objs, sids, feats)
-        flat = list(chain.from_iterable(feats))
-        if not set(map(type, flat)) <= _NUMBER_TYPES:
-            keep = [set(map(type, f)) <= _NUMBER_TYPES for f in feats]
-            objs, sids, feats = drop(keep, objs, sids, feats)
-            flat = list(chain.from_iterable(feats))
+    keep, flat = _bulk_features(feats, feature_size, vocab_size)
+    if keep is not None:
+        objs, sids, feats = drop(keep, objs, sids, feats)
+        flat = None if vocab_size is not None else list(chain.from_iterable(feats))
     # keys beyond stream_id and features (an upper bound once messages are dropped): when none are
     # left, the remaining optional fields are absent everywhere and their columns need no look-ups
     extra = sum(map(len, objs)) - 2 * len(objs)
@@ -425,15 +412,6 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int,
         step_arr = np.array(steps, dtype=np.int64)
     else:
         step_arr = np.array([-1 if s is None else s for s in steps], dtype=np.int64)
-    if flat is None:  # token ids: exact in float32 (vocab_size <= 2**24)
-        x = np.array(feats, dtype=np.float32).reshape(m, 1)
-    else:
-        with np.errstate(over="ignore"):  # numbers beyond float32 become inf and are refused later
-            try:
-                x = np.array(flat if len(flat) == m * feature_size else list(chain.from_iterable(feats)),
-                             dtype=np.float32).reshape(m, feature_size)
-            except OverflowError:  # an integer beyond float64
-                x = _to_float32(feats, feature_size)
     events = Events(
         stream_ids=sids,
         steps=step_arr,
@@ -442,10 +420,38 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int,
         reset=np.array([v is True for v in resets], dtype=bool) if True in resets else np.zeros(m, dtype=bool),
         end=np.array([v is True for v in ends], dtype=bool) if True in ends else np.zeros(m, dtype=bool),
         ts=ts,
-        features=x,
+        features=_bulk_matrix(feats, flat, feature_size),
         index=np.arange(m, dtype=np.int64) if idx is None else np.array(idx, dtype=np.int64),
     )
     return events, sorted(careful)
+
+
+def _bulk_features(feats: list, feature_size: int, vocab_size: int | None) -> tuple[list[bool] | None, list | None]:
+    """(None, all the numbers in order) when every candidate's features are one well-formed step; else
+    (keep flags, None). Token models: one int 0..vocab_size-1 each (the numbers are then not needed)."""
+    if vocab_size is not None:
+        if set(map(type, feats)) == {int} and min(feats) >= 0 and max(feats) < vocab_size:
+            return None, None
+        return [type(f) is int and 0 <= f < vocab_size for f in feats], None
+    if set(map(type, feats)) == {list} and set(map(len, feats)) == {feature_size}:
+        flat = list(chain.from_iterable(feats))
+        if set(map(type, flat)) <= _NUMBER_TYPES:
+            return None, flat
+    return [type(f) is list and len(f) == feature_size and set(map(type, f)) <= _NUMBER_TYPES for f in feats], None
+
+
+def _bulk_matrix(feats: list, flat: list | None, feature_size: int) -> np.ndarray:
+    """The features of the accepted candidates as (m, F) float32 (`flat`: all their numbers, when no
+    candidate was dropped after it was made; token ids, exact in float32, when `flat` is None)."""
+    m = len(feats)
+    if flat is None and (m == 0 or type(feats[0]) is int):
+        return np.array(feats, dtype=np.float32).reshape(m, 1)
+    with np.errstate(over="ignore"):  # numbers beyond float32 become inf and are refused later
+        try:
+            return np.array(flat if flat is not None and len(flat) == m * feature_size
+                            else list(chain.from_iterable(feats)), dtype=np.float32).reshape(m, feature_size)
+        except OverflowError:  # an integer beyond float64
+            return _to_float32(feats, feature_size)
 
 
 def _ts_column_ok(ts: list) -> bool:
