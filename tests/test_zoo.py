@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.zoo_models import BY_NAME, ENTRIES, NEEDS_8B, Entry
+from tests.zoo_models import BY_NAME, ENTRIES, Entry
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-5
@@ -42,8 +42,6 @@ def _params(entries):
     out = []
     for e in entries:
         marks = []
-        if e.needs:
-            marks.append(pytest.mark.xfail(strict=False, reason=NEEDS_8B.format(e.needs)))
         if e.keras2 and not HAVE_TF_KERAS:
             marks.append(pytest.mark.skip(reason="tf_keras (Keras 2) is not installed: pip install -e '.[test]'"))
         out.append(pytest.param(e.name, marks=marks, id=e.name))

@@ -18,7 +18,6 @@ from typing import Callable
 
 # Stream lengths of every streaming entry: mixed 1..150 (replay interleaves them).
 LENGTHS = (1, 2, 3, 7, 150, 19, 33, 64, 5, 100, 120, 77)
-NEEDS_8B = "needs 8B's {}"
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,6 @@ class Entry:
     fixed: bool = False  # cannot be called on other shapes: references come from the free twin
     refuse: str | None = None  # regex of convert's one-line refusal (None: it must stream)
     predict: str | None = "parity"  # "parity", or a regex of predict's one-line refusal
-    needs: str | None = None  # the 8B layer this entry waits for (xfail until it lands)
 
     @property
     def file(self) -> str:
@@ -163,7 +161,7 @@ def functional_masking_h5(k, free=False):
     return functional_masking(k, free)
 
 
-# ---- 8B's kinds
+# ---- token inputs, normalisation, causal convolutions, many-to-one heads
 
 def embedding_lstm(k, free=False):
     L = k.layers
@@ -362,25 +360,23 @@ ENTRIES: list[Entry] = [
     Entry("k2_stateful_masked_h5", stateful_masked_k2, fmt="h5", keras2=True, fixed=True, masked=True),
     Entry("k2_functional_masking_h5", functional_masking, features=3, fmt="h5", keras2=True, masked=True),
     Entry("k2_gru_h5", keras2_style, features=4, fmt="h5", keras2=True),
-    # ---- 8B's kinds
-    Entry("embedding_lstm", embedding_lstm, features=40, tokens=True, needs="Embedding"),
-    Entry("embedding_mask_zero", embedding_mask_zero, features=30, tokens=True, masked=True, needs="Embedding"),
-    Entry("functional_embedding_mask", functional_embedding_mask, features=25, tokens=True, masked=True,
-          needs="Embedding"),
-    Entry("layer_norm", layer_norm, needs="LayerNormalization"),
-    Entry("batch_norm", batch_norm, needs="BatchNormalization"),
-    Entry("normalization", normalization, needs="Normalization"),
-    Entry("unit_norm", unit_norm, needs="UnitNormalization"),
-    Entry("rescaling", rescaling, needs="Rescaling"),
-    Entry("causal_conv", causal_conv, needs="causal Conv1D"),
-    Entry("causal_conv_dilated", causal_conv_dilated, features=4, needs="causal Conv1D"),
-    Entry("many_to_one_lstm", many_to_one_lstm, many_to_one=True, needs="many-to-one"),
-    Entry("many_to_one_gap", many_to_one_gap, features=4, many_to_one=True, needs="GlobalAveragePooling1D"),
-    Entry("many_to_one_gmp", many_to_one_gmp, features=4, many_to_one=True, needs="GlobalMaxPooling1D"),
+    # ---- token inputs, normalisation, causal convolutions, many-to-one heads
+    Entry("embedding_lstm", embedding_lstm, features=40, tokens=True),
+    Entry("embedding_mask_zero", embedding_mask_zero, features=30, tokens=True, masked=True),
+    Entry("functional_embedding_mask", functional_embedding_mask, features=25, tokens=True, masked=True),
+    Entry("layer_norm", layer_norm),
+    Entry("batch_norm", batch_norm),
+    Entry("normalization", normalization),
+    Entry("unit_norm", unit_norm),
+    Entry("rescaling", rescaling),
+    Entry("causal_conv", causal_conv),
+    Entry("causal_conv_dilated", causal_conv_dilated, features=4),
+    Entry("many_to_one_lstm", many_to_one_lstm, many_to_one=True),
+    Entry("many_to_one_gap", many_to_one_gap, features=4, many_to_one=True),
+    Entry("many_to_one_gmp", many_to_one_gmp, features=4, many_to_one=True),
     Entry("k2_many_to_one_h5", keras2_many_to_one, features=4, fmt="h5", keras2=True, many_to_one=True,
-          masked=True, needs="many-to-one"),
-    Entry("k2_embedding_h5", keras2_embedding, features=30, fmt="h5", keras2=True, tokens=True, masked=True,
-          needs="Embedding"),
+          masked=True),
+    Entry("k2_embedding_h5", keras2_embedding, features=30, fmt="h5", keras2=True, tokens=True, masked=True),
     # ---- refused for streaming; predict still works offline where the model runs on any length
     _refused("bidirectional", bidirectional, r"Bidirectional", features=4, predict="parity"),
     _refused("conv1d_same", conv_same, r"Conv1D", features=4, predict="parity"),
