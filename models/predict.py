@@ -92,6 +92,13 @@ def model_io(model) -> ModelIO:
     return ModelIO("tokens", 1, int(out_shape[-1]), len(out_shape) == 2, vocab)
 
 
+def _last_axis_only(layer) -> bool:
+    """False for a layer that works over an axis other than the features (e.g. Softmax(axis=1))."""
+    axis = getattr(layer, "axis", -1)
+    axes = axis if isinstance(axis, (list, tuple)) else [axis]
+    return all(isinstance(a, int) and a in (-1, 2) for a in axes)
+
+
 def _is_causal(model) -> bool:
     """True when every layer is known to compute step t from steps <= t (post-padding is then safe)."""
     import keras
@@ -108,7 +115,7 @@ def _is_causal(model) -> bool:
             continue  # a per-step wrapper
         if kind == "Conv1D" and getattr(layer, "padding", None) == "causal":
             continue
-        if kind not in _CAUSAL or getattr(layer, "go_backwards", False):
+        if kind not in _CAUSAL or getattr(layer, "go_backwards", False) or not _last_axis_only(layer):
             return False
         if isinstance(layer, keras.layers.RNN) and not layer.return_sequences:
             return False
@@ -126,7 +133,11 @@ class Forward:
 
         self.io = model_io(model)
         self.feature_size, self.output_size = self.io.feature_size, self.io.output_size
-        self.model = free_model(model)
+        try:
+            self.model = free_model(model)
+        except ModelError as exc:
+            raise ModelError(f"model {model.name!r} takes input {tuple(model.inputs[0].shape)} or has a stateful or "
+                             f"unrolled layer, and cannot be rebuilt to run on any length: {exc}") from None
         self.padding_safe = not self.io.many_to_one and _is_causal(self.model)
         self.eager = has_time_distributed(self.model)  # e.g. TimeDistributed(Conv...): stay eager, always right
         if self.eager:
