@@ -18,7 +18,7 @@ import numpy as np
 
 from models.errors import ConversionError, ModelError
 from models.graph import linear_layers
-from models.layer_ops import build_op
+from models.layer_ops import MAX_VOCAB, build_op
 from models.stepmodel import StepModel
 
 # Identity at inference time (training-only noise/dropout, regularisers).
@@ -64,7 +64,6 @@ SUPPORTED_LAYERS = ("InputLayer", "Masking", "Embedding", "LSTM", "GRU", "Simple
                     "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Flatten (after a many-to-one collapse)",
                     "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
                     "ActivityRegularization", "Identity")
-MAX_VOCAB = 2**24  # token ids travel as float32 through the engine: exact up to 2**24
 
 
 def _np(value) -> np.ndarray:
