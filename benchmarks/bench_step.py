@@ -8,6 +8,12 @@ Compares, in one run and on the same weights:
   Keras predict_on_batch      a stateful timesteps=1 copy of the model (weights transferred),
                               batch 1 only (a stateful model has a fixed batch size)
 
+and the numpy StepModel.step of two more models (5 features each):
+  causal-Conv1D (TCN)         Conv1D(32, 3, causal, relu) dilations 1, 2, 4 -> Dense(2, sigmoid);
+                              the last 2, 4 and 8 inputs of the three convs are in the state (394 floats)
+  many-to-one classifier      LSTM(32) -> GlobalAveragePooling1D -> Dense(3, softmax): the class
+                              probabilities on the sequence so far, at every step (state 129 floats)
+
 Method: per case, warm up, then R rounds of N calls each; a round's time / N is the cost per
 call. Prints the best round (least disturbed by other processes) and the median.
 stream-steps/s = batch / (best µs per call).
@@ -101,8 +107,47 @@ def qa_random_step_model():
     return StepModel(layers, w, 5)
 
 
+def conv_keras_model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    return keras.Sequential([keras.Input((None, 5))] + [
+        L.Conv1D(32, 3, padding="causal", dilation_rate=d, activation="relu") for d in (1, 2, 4)
+    ] + [L.Dense(2, activation="sigmoid")], name="tcn")
+
+
+def m2o_keras_model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    return keras.Sequential([keras.Input((None, 5)), L.LSTM(32, return_sequences=True),
+                             L.GlobalAveragePooling1D(), L.Dense(3, activation="softmax")], name="classifier")
+
+
+def extra_random_step_models():
+    """The causal-Conv1D and many-to-one models with random weights (no TensorFlow)."""
+    rng = np.random.default_rng(0)
+
+    def r(*shape):
+        return (rng.normal(size=shape) * 0.3).astype(np.float32)
+
+    conv = [{"kind": "conv1d_causal", "name": f"conv{i}", "filters": 32, "kernel_size": 3, "dilation_rate": d,
+             "activation": "relu", "use_bias": True} for i, d in enumerate((1, 2, 4))]
+    conv.append({"kind": "dense", "name": "dense", "units": 2, "activation": "sigmoid", "use_bias": True})
+    cw = {"0.kernel": r(3, 5, 32), "0.bias": r(32), "1.kernel": r(3, 32, 32), "1.bias": r(32),
+          "2.kernel": r(3, 32, 32), "2.bias": r(32), "3.kernel": r(32, 2), "3.bias": r(2)}
+    m2o = [{"kind": "lstm", "name": "lstm", "units": 32, "activation": "tanh", "recurrent_activation": "sigmoid",
+            "use_bias": True}, {"kind": "global_avg_pool", "name": "gap"},
+           {"kind": "dense", "name": "dense", "units": 3, "activation": "softmax", "use_bias": True}]
+    mw = {"0.kernel": r(5, 128), "0.recurrent_kernel": r(32, 128), "0.bias": r(128), "2.kernel": r(32, 3),
+          "2.bias": r(3)}
+    return StepModel(conv, cw, 5), StepModel(m2o, mw, 5, many_to_one=True)
+
+
 def numpy_case(step_model, batch):
-    x = np.random.default_rng(1).random((batch, 5), dtype=np.float32)
+    x = np.random.default_rng(1).random((batch, step_model.feature_size), dtype=np.float32)
     holder = [step_model.initial_state(batch)]
 
     def call():
@@ -184,6 +229,7 @@ def main() -> int:
           f"load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "")
     if ARGS.no_tf:
         step_model = qa_random_step_model()
+        conv_model, m2o_model = extra_random_step_models()
         keras_model = None
     else:
         import keras
@@ -198,7 +244,10 @@ def main() -> int:
               f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}")
         keras_model = qa_keras_model()
         step_model = convert_model(keras_model)
+        conv_model, m2o_model = convert_model(conv_keras_model()), convert_model(m2o_keras_model())
     print(f"model: {step_model!r}")
+    print(f"causal-Conv1D model: {conv_model!r}")
+    print(f"many-to-one model: {m2o_model!r}")
 
     def add(method, batch, fn, calls_hint):
         best, med = time_calls(fn, calls_hint, ARGS.rounds, ARGS.budget)
@@ -206,6 +255,10 @@ def main() -> int:
 
     for b in batches:
         add("numpy StepModel.step", b, numpy_case(step_model, b), max(2, 2000 // b))
+    for b in batches:
+        add("numpy step, causal-Conv1D (TCN) model", b, numpy_case(conv_model, b), max(2, 2000 // b))
+    for b in batches:
+        add("numpy step, many-to-one classifier", b, numpy_case(m2o_model, b), max(2, 2000 // b))
     if keras_model is not None:
         tf_step = None
         for b in batches:

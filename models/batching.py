@@ -104,6 +104,9 @@ class BucketedBatches:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
         if any(r.targets is None for r in records):
             raise DataError("training needs targets for every sequence")
+        if any(r.features.ndim != 2 for r in records):
+            raise DataError("training on token sequences (flat lists of ids) is not supported; "
+                            "give each step as a list of numbers")
         self.records = list(records)
         self.lengths = np.array([len(r) for r in self.records])
         self.feature_size = int(self.records[0].features.shape[1])

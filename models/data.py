@@ -1,12 +1,16 @@
 """Sequence data: the Q&A's synthetic task, JSONL readers with line-numbered errors, padding.
 
-A sequence is a `SeqRecord`: `features` (T, F) float32 and, for training, `targets` (T, O) float32.
-Everything here is numpy only (no TensorFlow), so readers are cheap to import and test.
+A sequence is a `SeqRecord`: `features` (T, F) float32 (or, for a token model, (T,) int64 token ids)
+and, for training, `targets` (T, O) float32. Everything here is numpy only (no TensorFlow), so readers
+are cheap to import and test.
 
 JSONL format, one sequence per line::
 
     {"id": "optional", "features": [[f1, ..., fF], ...], "targets": [[t1, ..., tO], ...]}
+    {"id": "optional", "features": [17, 4, 9]}          # token ids (a model that starts with Embedding)
 
+A token sequence's "features" is a flat list of JSON integers from 0 (below the vocabulary size when
+one is given); 3.0, booleans and negatives are refused. All sequences of a file are of one kind.
 Bad lines are refused with `DataError("data.jsonl line 17: ...")`; blank lines are skipped.
 """
 
@@ -29,7 +33,8 @@ QA_LAGS = 4  # target at t sums x[t,0] and x[t-i, i] for i in 1..4
 
 @dataclass(frozen=True)
 class SeqRecord:
-    """One sequence: `features` (T, F) float32, `targets` (T, O) float32 or None, and its id."""
+    """One sequence: `features` (T, F) float32 or (T,) int64 token ids, `targets` (T, O) float32 or
+    None, and its id."""
 
     id: str | int
     features: np.ndarray
@@ -114,16 +119,44 @@ def _matrix(value, key: str, width: int | None) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+INPUT_KINDS = ("float", "tokens")
+
+
+def _kind_of(value) -> str | None:
+    """"tokens" for a flat list (of anything but lists), "float" for a list of lists, None otherwise."""
+    if isinstance(value, list) and value:
+        return "float" if isinstance(value[0], list) else "tokens"
+    return None
+
+
+def _tokens(value, vocab_size: int | None) -> np.ndarray:
+    """Validate a flat list of token ids (JSON integers 0..vocab_size-1) and return it as (T,) int64."""
+    if not isinstance(value, list) or not value:
+        raise ValueError('"features" must be a non-empty list of token ids (integers)')
+    for t, v in enumerate(value):
+        if type(v) is not int or v < 0 or (vocab_size is not None and v >= vocab_size):
+            upper = f" to {vocab_size - 1}" if vocab_size is not None else " or more"
+            raise ValueError(f'"features" step {t} is {json.dumps(v)[:40]}, expected a token id: an integer '
+                             f'from 0{upper}')
+    if max(value) >= 2**63:
+        raise ValueError('"features" has a token id too large for int64')
+    return np.array(value, dtype=np.int64)
+
+
 def parse_record(
     line: str,
     index: int,
     feature_size: int | None = None,
     output_size: int | None = None,
     targets: str = "required",
+    input_kind: str | None = None,
+    vocab_size: int | None = None,
 ) -> SeqRecord:
     """Parse one JSONL line (raises ValueError with the reason; callers add file and line).
 
     `targets`: "required", "optional" (kept when present) or "ignored". `index` is the default id.
+    `input_kind`: "float" (a list of steps, each a list of numbers), "tokens" (a flat list of token ids,
+    each below `vocab_size` when given), or None (whichever the line holds).
     """
     try:
         obj = json.loads(line, parse_constant=_refuse_constant)
@@ -138,7 +171,14 @@ def parse_record(
         rid = index
     if type(rid) not in (str, int):
         raise ValueError(f'"id" must be a string or an integer, got {type(rid).__name__}')
-    x = _matrix(obj["features"], "features", feature_size)
+    kind = input_kind or _kind_of(obj["features"]) or "float"
+    if kind == "tokens":
+        if _kind_of(obj["features"]) == "float":
+            raise ValueError('"features" is a list of lists; token ids are expected here: a flat list of '
+                             'integers, e.g. [17, 4, 9]')
+        x = _tokens(obj["features"], vocab_size)
+    else:
+        x = _matrix(obj["features"], "features", feature_size)
     y = None
     if targets != "ignored" and obj.get("targets") is not None:
         y = _matrix(obj["targets"], "targets", output_size)
@@ -154,19 +194,25 @@ def iter_jsonl(
     name: str,
     targets: str = "required",
     feature_size: int | None = None,
+    input_kind: str | None = None,
+    vocab_size: int | None = None,
 ):
     """Yield `SeqRecord`s from JSONL lines; a bad line raises `DataError("NAME line N: ...")`.
 
-    Feature (and target) widths must agree across all lines (and with `feature_size` if given).
-    Default ids are the 0-based line index. Blank lines are skipped.
+    Feature (and target) widths must agree across all lines (and with `feature_size` if given); so must
+    the kind of input (`input_kind`, "float" or "tokens"; None: that of the first line). Token ids must
+    be below `vocab_size` when given. Default ids are the 0-based line index. Blank lines are skipped.
     """
+    if input_kind not in (None, *INPUT_KINDS):
+        raise ValueError(f"input_kind must be one of {INPUT_KINDS} or None, got {input_kind!r}")
     output_size = None
     first_line = None
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            rec = parse_record(line, lineno - 1, feature_size, output_size, targets)
+            rec = parse_record(line, lineno - 1, feature_size if input_kind != "tokens" else None,
+                               output_size, targets, input_kind, vocab_size)
         except ValueError as exc:
             hint = ""
             if feature_size is not None and "values, expected" in str(exc) and first_line is None:
@@ -174,7 +220,9 @@ def iter_jsonl(
             raise DataError(f"{name} line {lineno}: {exc}{hint}") from None
         if first_line is None:
             first_line = lineno
-        feature_size = rec.features.shape[1]
+            input_kind = "tokens" if rec.features.ndim == 1 else "float"
+        if rec.features.ndim == 2:
+            feature_size = rec.features.shape[1]
         if rec.targets is not None:
             output_size = rec.targets.shape[1]
         yield rec
@@ -184,22 +232,27 @@ def read_jsonl(
     source: str | os.PathLike | IO[str],
     targets: str = "required",
     feature_size: int | None = None,
+    input_kind: str | None = None,
+    vocab_size: int | None = None,
 ) -> list[SeqRecord]:
     """Read a JSONL file (path, or an open text file such as stdin) into a list of `SeqRecord`s.
 
-    `targets="required"` for training data, `"optional"` for prediction inputs.
+    `targets="required"` for training data, `"optional"` for prediction inputs. For a model's input,
+    pass its `input_kind` ("float" or "tokens") and, for tokens, its `vocab_size`: a token sequence is
+    then a (T,) int64 array of ids (see `iter_jsonl`).
     Raises `DataError` for a missing/unreadable file, a bad line (with its number), or no sequences.
     """
+    kind = {"input_kind": input_kind, "vocab_size": vocab_size}
     if hasattr(source, "read"):
         name = getattr(source, "name", "<input>")
         name = "<stdin>" if name in ("<stdin>", 0) else os.path.basename(str(name))
-        records = list(iter_jsonl(source, name, targets, feature_size))
+        records = list(iter_jsonl(source, name, targets, feature_size, **kind))
     else:
         path = os.fspath(source)
         name = os.path.basename(path)
         try:
             with open(path, encoding="utf-8") as f:
-                records = list(iter_jsonl(f, name, targets, feature_size))
+                records = list(iter_jsonl(f, name, targets, feature_size, **kind))
         except FileNotFoundError:
             raise DataError(f"{path}: no such file; expected a JSONL file with one sequence per line") from None
         except IsADirectoryError:
@@ -227,8 +280,15 @@ def write_jsonl(records: Iterable[SeqRecord], path: str | os.PathLike) -> None:
 
 
 def post_pad(arrays: Sequence[np.ndarray], length: int | None = None, value: float = 0.0) -> np.ndarray:
-    """Stack (T_i, W) arrays into (B, length, W), real steps first, then `value` pads (post-padding)."""
+    """Stack (T_i, W) arrays into (B, length, W) float32, real steps first, then `value` pads
+    (post-padding). Token sequences, (T_i,) integer arrays, give (B, length) int64 padded with
+    int(value) (0, the id Embedding(mask_zero=True) masks)."""
     length = max(len(a) for a in arrays) if length is None else length
+    if arrays[0].ndim == 1:
+        out = np.full((len(arrays), length), int(value), dtype=np.int64)
+        for i, a in enumerate(arrays):
+            out[i, : len(a)] = a
+        return out
     width = arrays[0].shape[1]
     out = np.full((len(arrays), length, width), value, dtype=np.float32)
     for i, a in enumerate(arrays):

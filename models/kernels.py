@@ -380,7 +380,8 @@ def apply_gates_t(act: Activation, z: np.ndarray, units: int) -> None:
 _HALF = np.array(0.5, dtype=F32)  # 0-d array: numpy's cheapest scalar operand
 
 
-def _f32(a, shape, what):
+def param_f32(a, shape, what):
+    """A weight as a float32 array of the expected shape; ModelError naming `what` otherwise."""
     if a is None:
         raise ModelError(f"{what} is missing")
     a = np.asarray(a, dtype=F32)
@@ -389,7 +390,8 @@ def _f32(a, shape, what):
     return a
 
 
-def _col(b):
+def column(b):
+    """A per-row vector as a contiguous (n, 1) float32 column (None stays None): broadcasts over the batch."""
     return None if b is None else np.ascontiguousarray(np.asarray(b, dtype=F32).reshape(-1, 1))
 
 
@@ -404,6 +406,7 @@ class Op:
 
     kind = "op"
     state_blocks: tuple = ()  # ((suffix, width), ...) in the order they sit in the flat state
+    ends_mask = False  # True: Keras passes no sequence mask to the layers after this one
     offset = 0  # start of this op's state in the flat state vector (set by StepModel)
 
     def __init__(self, name: str, in_size: int):
@@ -437,12 +440,12 @@ class DenseOp(Op):
         self.units = self.out_size = int(units)
         self.activation = Activation(activation)
         self.use_bias = bool(use_bias)
-        self.kernel = _f32(kernel, (self.in_size, self.units), f"{name}: kernel")
-        self.bias = _f32(bias, (self.units,), f"{name}: bias") if self.use_bias else None
+        self.kernel = param_f32(kernel, (self.in_size, self.units), f"{name}: kernel")
+        self.bias = param_f32(bias, (self.units,), f"{name}: bias") if self.use_bias else None
         self._fast_sigmoid = activation == "sigmoid"
         scale = F32(0.5) if self._fast_sigmoid else F32(1)
         self._wt = np.ascontiguousarray(self.kernel.T * scale)
-        self._b = _col(None if self.bias is None else self.bias * scale)
+        self._b = column(None if self.bias is None else self.bias * scale)
 
     def config(self):
         return {"kind": self.kind, "name": self.name, "units": self.units,
@@ -494,9 +497,9 @@ class _RNNOp(Op):
         self.recurrent_activation = Activation(recurrent_activation) if recurrent_activation else None
         self.use_bias = bool(use_bias)
         g = self.gates * self.units
-        self.kernel = _f32(kernel, (self.in_size, g), f"{name}: kernel")
-        self.recurrent_kernel = _f32(recurrent_kernel, (self.units, g), f"{name}: recurrent_kernel")
-        self.bias = _f32(bias, bias_shape or (g,), f"{name}: bias") if self.use_bias else None
+        self.kernel = param_f32(kernel, (self.in_size, g), f"{name}: kernel")
+        self.recurrent_kernel = param_f32(recurrent_kernel, (self.units, g), f"{name}: recurrent_kernel")
+        self.bias = param_f32(bias, bias_shape or (g,), f"{name}: bias") if self.use_bias else None
 
     def config(self):
         cfg = {"kind": self.kind, "name": self.name, "units": self.units,
@@ -555,7 +558,7 @@ class LSTMOp(_RNNOp):
             if b is not None:
                 b[:3 * u] *= F32(0.5)
         self._wt = np.ascontiguousarray(w.T)
-        self._b = _col(b)
+        self._b = column(b)
 
     def forward(self, x, state, new_state, keep):
         u, s = self.units, self.offset
@@ -624,7 +627,7 @@ class GRUOp(_RNNOp):
             if b is not None:
                 b[:2 * u] *= F32(0.5)
         self._wt = np.ascontiguousarray(w.T)
-        self._b = _col(b)
+        self._b = column(b)
 
     def config(self):
         cfg = super().config()
@@ -671,7 +674,7 @@ class SimpleRNNOp(_RNNOp):
                          kernel, recurrent_kernel, bias, zero_output_for_mask=zero_output_for_mask)
         self.state_blocks = (("h", self.units),)
         self._wt = np.ascontiguousarray(np.concatenate([self.kernel, self.recurrent_kernel]).T)
-        self._b = _col(self.bias)
+        self._b = column(self.bias)
 
     def forward(self, x, state, new_state, keep):
         u, s = self.units, self.offset
@@ -683,17 +686,6 @@ class SimpleRNNOp(_RNNOp):
         return self._finish(state, new_state, keep, h_new)
 
 
+# The ops of this module by kind; `models.layer_ops` adds the others and builds ops from specs.
 OPS = {cls.kind: cls for cls in (DenseOp, ActivationOp, LSTMOp, GRUOp, SimpleRNNOp)}
 
-
-def build_op(config: dict, in_size: int, params: dict) -> Op:
-    """Build an op from its step_model.json entry and its weights (Keras layout)."""
-    cfg = dict(config)
-    kind = cfg.pop("kind", None)
-    cls = OPS.get(kind)
-    if cls is None:
-        raise ModelError(f"unknown layer kind {kind!r} in step model spec; known: {', '.join(OPS)}")
-    try:
-        return cls(in_size=in_size, **cfg, **params)
-    except TypeError as exc:
-        raise ModelError(f"bad {kind} layer entry {config!r}: {exc}") from None

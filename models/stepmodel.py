@@ -5,8 +5,17 @@ state per stream. `step(x, state)` advances a batch of independent streams by on
 feeding a sequence one step at a time from `initial_state` reproduces the Keras model's
 full-sequence output at every step.
 
+Input kinds (`input_kind`): "float", each step is `feature_size` numbers; or "tokens" (the model starts
+with an Embedding), each step is one integer id from 0 to `vocab_size` - 1, passed to `step` as a
+(B, 1) float32 column (exact below 2**24), `feature_size` 1.
+
+`many_to_one`: the Keras model gives one output per sequence (a last RNN without return_sequences, or
+a global pooling head). The step model still gives an output at every step: the Keras model's output on
+the sequence so far, `model(x[:t+1])`; the output for the whole sequence is the one at its last step.
+
 On disk a step model is two files in a directory:
-  step_model.json  the spec: format, version, feature size, mask value, layer configs
+  step_model.json  the spec: format, version, feature size, mask value, layer configs, input kind,
+                   vocabulary size (token models), many_to_one
   step_model.npz   the weights, Keras layout, keys "<layer index>.<weight name>"
 The version is a content hash of the spec and the weights, so it changes exactly when the
 model's behaviour can change; `load` recomputes it and refuses a mismatch.
@@ -23,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import DataError, ModelError
-from models.kernels import F32, Op, build_op
+from models.kernels import F32, Op
+from models.layer_ops import build_op
 
 FORMAT = "rnn-streamer/step-model"
 FORMAT_VERSION = 1
@@ -35,6 +45,8 @@ def compute_version(spec: dict, weights: dict[str, np.ndarray]) -> str:
     """Content hash (16 hex chars) of the behavioural spec and the weights."""
     h = hashlib.sha256()
     core = {k: spec[k] for k in ("feature_size", "mask_value", "layers")}
+    if spec.get("many_to_one"):  # only when set: plain models keep the version they always had
+        core["many_to_one"] = True
     h.update(json.dumps(core, sort_keys=True, separators=(",", ":")).encode())
     for key in sorted(weights):
         a = np.ascontiguousarray(weights[key], dtype=F32)
@@ -52,10 +64,12 @@ class StepModel:
     chunk_rows = 512
 
     def __init__(self, layers: list[dict], weights: dict[str, np.ndarray], feature_size: int,
-                 mask_value: float | None = None, source: dict | None = None):
+                 mask_value: float | None = None, source: dict | None = None, *,
+                 many_to_one: bool = False, input_kind: str | None = None):
         """Build from layer configs (step_model.json "layers") and weights keyed "<i>.<name>".
 
-        Raises ModelError when the configs and weights do not fit together.
+        The input kind follows from the layers (an "embedding" first: "tokens"); `input_kind`, when
+        given, must agree. Raises ModelError when the configs and weights do not fit together.
         """
         if not isinstance(feature_size, int) or feature_size < 1:
             raise ModelError(f"feature_size must be a positive integer, got {feature_size!r}")
@@ -87,7 +101,15 @@ class StepModel:
         extra = set(weights) - used
         if extra:
             raise ModelError(f"weights without a layer: {', '.join(sorted(extra))}")
+        odd = [f"{i}.{k}" for i, op in enumerate(ops) for k, v in op.params().items() if type(v) is not np.ndarray]
+        if odd:  # an op whose params() clash with an attribute set here (e.g. `offset`)
+            raise ModelError(f"weights that are not arrays: {', '.join(odd)}")
+        self.input_kind, self.vocab_size = _input_kind(ops, input_kind)
+        self.many_to_one = bool(many_to_one)
         self._ops = tuple(ops)
+        # Keras passes the sequence mask up to (and including) the first layer that drops or consumes it
+        cut = next((i + 1 for i, op in enumerate(ops) if op.ends_mask), len(ops))
+        self._masked_ops, self._unmasked_ops = self._ops[:cut], self._ops[cut:]
         self.output_size = size
         self.state_size = offset
         self.state_layout = [(f"{op.name}/{suffix}", w) for op in ops for suffix, w in op.state_blocks]
@@ -97,8 +119,11 @@ class StepModel:
 
     # ---- spec -------------------------------------------------------------------------------
     def _spec_core(self) -> dict:
-        return {"feature_size": self.feature_size, "mask_value": self.mask_value,
+        core = {"feature_size": self.feature_size, "mask_value": self.mask_value,
                 "layers": [op.config() for op in self._ops]}
+        if self.many_to_one:
+            core["many_to_one"] = True
+        return core
 
     def weights(self) -> dict[str, np.ndarray]:
         """The weights in Keras layout, keyed "<layer index>.<name>" (what the .npz holds)."""
@@ -112,8 +137,11 @@ class StepModel:
         """Spec summary for manifests and metrics: layers, sizes, state layout, version."""
         return {
             "version": self.version,
+            "input_kind": self.input_kind,
+            "vocab_size": self.vocab_size,
             "feature_size": self.feature_size,
             "output_size": self.output_size,
+            "many_to_one": self.many_to_one,
             "state_size": self.state_size,
             "mask_value": self.mask_value,
             "state_layout": [list(b) for b in self.state_layout],
@@ -123,8 +151,9 @@ class StepModel:
 
     def __repr__(self) -> str:
         kinds = "->".join(f"{op.kind}({op.out_size})" for op in self._ops)
-        return (f"StepModel(version={self.version}, features={self.feature_size}, {kinds}, "
-                f"state={self.state_size})")
+        given = f"tokens<{self.vocab_size}" if self.input_kind == "tokens" else f"features={self.feature_size}"
+        return (f"StepModel(version={self.version}, {given}, {kinds}, state={self.state_size}"
+                f"{', many_to_one' if self.many_to_one else ''})")
 
     # ---- stepping ---------------------------------------------------------------------------
     def initial_state(self, n: int) -> np.ndarray:
@@ -137,7 +166,8 @@ class StepModel:
         Pure: the inputs are not modified and the outputs share no memory with them. With a mask
         value, a row whose features all equal it keeps its state and yields the output for its
         previous state (Keras 3 masking; an RNN built with zero_output_for_mask=True passes
-        zeros downstream instead of its previous h).
+        zeros downstream instead of its previous h). Token models take x (B, 1): the ids as float32;
+        an id outside 0..vocab_size-1 (or not an integer) raises DataError.
         """
         if type(x) is not np.ndarray or x.dtype != F32:
             x = np.asarray(x, dtype=F32)
@@ -174,6 +204,11 @@ class StepModel:
                 keep = None
             else:
                 x = x * keep  # Keras Masking zeroes masked steps
+                for op in self._masked_ops:
+                    x = op.forward(x, state, new_state, keep)
+                for op in self._unmasked_ops:  # after a layer that drops the mask (e.g. Conv1D)
+                    x = op.forward(x, state, new_state, None)
+                return x, new_state
         for op in self._ops:
             x = op.forward(x, state, new_state, keep)
         return x, new_state
@@ -181,8 +216,11 @@ class StepModel:
     def run(self, xs: np.ndarray, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Step through a sequence: xs (T, F) -> (ys (T, O), final state (S,)), or a batch of
         equal-length sequences xs (B, T, F) -> (ys (B, T, O), final states (B, S)).
-        Same arithmetic as calling `step` once per timestep."""
+        Token models take ids (T,) or (B, T) (or (B, T, 1)). Same arithmetic as calling `step` once
+        per timestep; a many-to-one model's output for the whole sequence is ys[..., -1, :]."""
         xs = np.asarray(xs, dtype=F32)
+        if self.input_kind == "tokens" and xs.ndim in (1, 2):
+            xs = xs[..., None]
         single = xs.ndim == 2
         if single:
             xs = xs[None]
@@ -216,7 +254,9 @@ class StepModel:
     def spec(self) -> dict:
         """The content of step_model.json."""
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "version": self.version,
-                **self._spec_core(), "output_size": self.output_size,
+                **self._spec_core(), "input_kind": self.input_kind,
+                **({"vocab_size": self.vocab_size} if self.vocab_size is not None else {}),
+                "many_to_one": self.many_to_one, "output_size": self.output_size,
                 "state_size": self.state_size,
                 "state_layout": [list(b) for b in self.state_layout],
                 "source": self.source}
@@ -256,7 +296,8 @@ class StepModel:
             raise ModelError(f"{npz_path}: cannot read weights ({exc})") from None
         try:
             model = cls(spec["layers"], weights, spec["feature_size"], spec.get("mask_value"),
-                        source=spec.get("source"))
+                        source=spec.get("source"), many_to_one=_flag(spec, "many_to_one", spec_path),
+                        input_kind=spec.get("input_kind"))
         except KeyError as exc:
             raise ModelError(f"{spec_path}: missing field {exc}") from None
         if spec.get("version") != model.version:
@@ -264,3 +305,26 @@ class StepModel:
                              f"({spec.get('version')!r} recorded, {model.version!r} computed); "
                              "the artifact is corrupted or was edited; re-run `streamer convert`")
         return model
+
+
+INPUT_KINDS = ("float", "tokens")
+
+
+def _input_kind(ops: list[Op], given: str | None) -> tuple[str, int | None]:
+    """("tokens", vocabulary size) for a model that starts with an embedding, else ("float", None)."""
+    later = [op.name for op in ops[1:] if op.kind == "embedding"]
+    if later:
+        raise ModelError(f"layer '{later[0]}' is an embedding after the first layer; an embedding reads "
+                         "token ids, so it must come first")
+    kind, vocab = ("tokens", ops[0].input_dim) if ops[0].kind == "embedding" else ("float", None)
+    if given is not None and given != kind:
+        raise ModelError(f"input_kind {given!r} does not match the layers, which take {kind!r} input "
+                         f"(one of {', '.join(INPUT_KINDS)}; an embedding first means tokens)")
+    return kind, vocab
+
+
+def _flag(spec: dict, name: str, where) -> bool:
+    value = spec.get(name, False)
+    if type(value) is not bool:
+        raise ModelError(f"{where}: {name!r} must be true or false, got {value!r}")
+    return value

@@ -2,7 +2,8 @@
 
 For each poll the engine
 
-1. decodes and validates the messages (`streamer.schema.decode`); each bad one becomes a dead letter;
+1. decodes and validates the messages (`streamer.schema.decode`; token ids for a model that starts with an
+   Embedding); each bad one becomes a dead letter;
 2. expires idle streams (``ttl``), then finds or creates each event's state slot (`StateStore.acquire`);
 3. applies the steps in *waves*: wave w holds the w-th pending step of every stream that has one, so a
    stream's steps run strictly in order while all streams advance together in one batched
@@ -218,6 +219,8 @@ class Engine:
         self.prediction_limit = None if self.config.max_output_record_bytes is None else limits.PredictionLimit(
             self.config.max_output_record_bytes, model.output_size, model.version)
         self.step_block = 512  # rows per model.step call within a wave (cache-sized working sets)
+        # a token model (input_kind "tokens") takes one integer id per step: the schema checks them
+        self._vocab_size = getattr(model, "vocab_size", None)
         self._empty_outputs = self._outputs_of(Events.from_arrays([], np.empty((0, model.feature_size))),
                                                np.empty(0, np.int64), np.empty(0, np.int64),
                                                np.empty((0, model.output_size), np.float32))
@@ -252,7 +255,7 @@ class Engine:
     def _decode(self, poll: Poll) -> tuple[Events, list[Rejection]]:
         args = (self.model.feature_size, self.config.max_message_bytes)
         try:
-            return schema.decode(poll.messages, *args, poll.partitions)
+            return schema.decode(poll.messages, *args, poll.partitions, self._vocab_size)
         except Exception as exc:  # noqa: BLE001 - a decoder bug must cost one message, not the poll
             log.warning("decoding a poll of %d messages raised %s: %s; decoding them one by one",
                         len(poll.messages), type(exc).__name__, exc)
@@ -260,7 +263,7 @@ class Engine:
         for i, message in enumerate(poll.messages):
             try:
                 ev, rej = schema.decode([message], *args, None if poll.partitions is None else poll.partitions[i:i + 1],
-                                        bulk=False)
+                                        self._vocab_size, bulk=False)
             except Exception as exc:  # noqa: BLE001
                 rejected.append(self._internal_error(i, exc))
                 continue

@@ -12,6 +12,10 @@ Input (one JSON object in UTF-8 per Kafka message or JSONL line)::
 - ``features`` (required): a list of exactly F numbers (F = the model's feature size), or a non-empty
   list of such lists (a chunk of consecutive steps). Numbers are JSON integers or floats; booleans,
   strings, NaN and +-Infinity (and numbers too large for float32) are refused.
+  For a token model (one that starts with an Embedding, `decode(..., vocab_size=V)`): one token id per
+  step, ``"features": 17``, or a non-empty list of ids for a chunk, ``"features": [17, 4, 9]``. An id is
+  a JSON integer from 0 to V-1 (like ``step``: not 17.0, not a boolean); anything else, negative ids and
+  ids >= V included, is ``invalid_features``. Ids reach the model as float32 (exact: V <= 2**24).
 - ``step`` (optional, recommended): an integer 0 <= step <= 2**53-1 (a JSON integer, not 3.0).
   A chunk with ``step`` s covers steps s..s+k-1.
 - ``reset`` / ``end`` (optional): JSON booleans.
@@ -111,7 +115,7 @@ class Events:
     reset: np.ndarray  # (E,) bool
     end: np.ndarray  # (E,) bool
     ts: list  # (E,) the original ts values (int/float) or None
-    features: np.ndarray  # (R, F) float32, R = counts.sum()
+    features: np.ndarray  # (R, F) float32, R = counts.sum(); a token model's ids as (R, 1) float32
     index: np.ndarray  # (E,) int64: the message's position in its poll
     partitions: np.ndarray | None = None  # (E,) int64 source partition, or None
 
@@ -178,6 +182,24 @@ def _check_features(feats: Any, feature_size: int) -> tuple[bool, int]:
     return False, 1
 
 
+def _check_tokens(feats: Any, vocab_size: int) -> tuple[bool, int]:
+    """(is_chunk, number of steps) of a token model's features; raises EventError."""
+    if feats is None:
+        raise EventError(MISSING_FEATURES, "'features' is missing")
+    if type(feats) is int:
+        ids, is_chunk = (feats,), False
+    elif type(feats) is list and feats:
+        ids, is_chunk = feats, True
+    else:
+        raise EventError(INVALID_FEATURES, "'features' must be a token id (an integer) or a non-empty list of "
+                                           f"token ids, got {_short(feats)}")
+    if not set(map(type, ids)) <= {int} or min(ids) < 0 or max(ids) >= vocab_size:
+        bad = next(v for v in ids if type(v) is not int or not 0 <= v < vocab_size)
+        raise EventError(INVALID_FEATURES, f"token ids must be integers from 0 to {vocab_size - 1} "
+                                           f"(the model's vocabulary), got {_short(bad)}")
+    return is_chunk, len(ids)
+
+
 def _check_flag(obj: dict, name: str, code: str) -> bool:
     value = obj.get(name)
     if value is None or value is False:
@@ -209,9 +231,11 @@ def _is_scalar_text(text: str) -> bool:
 
 def decode(messages: Sequence[bytes | str], feature_size: int,
            max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-           partitions: Sequence[int] | np.ndarray | None = None, *,
-           bulk: bool = True) -> tuple[Events, list[Rejection]]:
+           partitions: Sequence[int] | np.ndarray | None = None,
+           vocab_size: int | None = None, *, bulk: bool = True) -> tuple[Events, list[Rejection]]:
     """Parse and validate a poll of raw messages into `Events` plus one `Rejection` per bad message.
+
+    `vocab_size` given: the model takes token ids (feature_size 1); see the module docstring.
 
     This is the hot path. Every message is parsed once; then the usual shape (one step of F numbers,
     the optional fields plain) is validated for the whole poll at once, field by field over columns
@@ -220,8 +244,10 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
     its dead letter's code and detail. One numpy conversion and one finiteness check cover the poll.
     `bulk=False` checks every message the careful way (the engine's fallback after an unexpected error).
     """
+    if vocab_size is not None and feature_size != 1:
+        raise ValueError(f"a token model has feature size 1, got {feature_size}")
     if bulk:
-        bulk, careful = _decode_bulk(messages, feature_size, max_message_bytes)
+        bulk, careful = _decode_bulk(messages, feature_size, max_message_bytes, vocab_size)
     else:
         bulk, careful = None, range(len(messages))
     rejected: list[Rejection] = []
@@ -229,7 +255,8 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
     rows: list = []
     for i in careful:
         try:
-            sid, step, k, is_chunk, reset, end, ts, feats = _decode_one(messages[i], feature_size, max_message_bytes)
+            sid, step, k, is_chunk, reset, end, ts, feats = _decode_one(messages[i], feature_size, max_message_bytes,
+                                                                        vocab_size)
         except EventError as exc:
             rejected.append(Rejection(i, exc.code, exc.detail))
             continue
@@ -267,7 +294,7 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
     return events, rejected
 
 
-def _decode_one(raw: Any, feature_size: int, max_message_bytes: int) -> tuple:
+def _decode_one(raw: Any, feature_size: int, max_message_bytes: int, vocab_size: int | None = None) -> tuple:
     """The careful checks of one message, in the order of `SCHEMA_ERROR_CODES` (finiteness aside):
     (stream_id, step, count, is_chunk, reset, end, ts, features) or EventError."""
     if type(raw) is not bytes and type(raw) is not str:
@@ -294,8 +321,10 @@ def _decode_one(raw: Any, feature_size: int, max_message_bytes: int) -> tuple:
         raise EventError(INVALID_STREAM_ID, f"'stream_id' must be valid Unicode text (no lone surrogates: it "
                                             f"becomes the UTF-8 record key), got {_short(sid)}")
     feats = obj.get("features")
+    if vocab_size is not None:
+        is_chunk, k = _check_tokens(feats, vocab_size)
     # the common case inline: one step of F plain numbers
-    if type(feats) is list and len(feats) == feature_size and set(map(type, feats)) <= _NUMBER_TYPES:
+    elif type(feats) is list and len(feats) == feature_size and set(map(type, feats)) <= _NUMBER_TYPES:
         is_chunk, k = False, 1
     else:
         is_chunk, k = _check_features(feats, feature_size)
@@ -321,7 +350,8 @@ _FLAG_TYPES = frozenset((bool, _NONE))
 _TS_OR_NONE = frozenset((int, float, _NONE))
 
 
-def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int) -> tuple[Events | None, list[int]]:
+def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int,
+                 vocab_size: int | None = None) -> tuple[Events | None, list[int]]:
     """The well-formed single-step messages of a poll, validated column by column: (their `Events`
     (finiteness not yet checked), the indices of every other message, for `_decode_one`).
 
@@ -366,16 +396,12 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int) 
     if not joined.isascii() and not _is_scalar_text(joined):  # a lone surrogate somewhere
         keep = list(map(_is_scalar_text, sids))
         objs, sids = drop(keep, objs, sids)
-    # ---- features: a list of exactly F numbers (int or float, not bool)
+    # ---- features: a list of exactly F numbers (int or float, not bool); token models: one id
     feats = list(map(get, objs, repeat("features")))
-    if set(map(type, feats)) != {list} or set(map(len, feats)) != {feature_size}:
-        keep = [type(f) is list and len(f) == feature_size for f in feats]
+    keep, flat = _bulk_features(feats, feature_size, vocab_size)
+    if keep is not None:
         objs, sids, feats = drop(keep, objs, sids, feats)
-    flat = list(chain.from_iterable(feats))
-    if not set(map(type, flat)) <= _NUMBER_TYPES:
-        keep = [set(map(type, f)) <= _NUMBER_TYPES for f in feats]
-        objs, sids, feats = drop(keep, objs, sids, feats)
-        flat = list(chain.from_iterable(feats))
+        flat = None if vocab_size is not None else list(chain.from_iterable(feats))
     # keys beyond stream_id and features (an upper bound once messages are dropped): when none are
     # left, the remaining optional fields are absent everywhere and their columns need no look-ups
     extra = sum(map(len, objs)) - 2 * len(objs)
@@ -418,12 +444,6 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int) 
         step_arr = np.array(steps, dtype=np.int64)
     else:
         step_arr = np.array([-1 if s is None else s for s in steps], dtype=np.int64)
-    with np.errstate(over="ignore"):  # numbers beyond float32 become inf and are refused later
-        try:
-            x = np.array(flat if len(flat) == m * feature_size else list(chain.from_iterable(feats)),
-                         dtype=np.float32).reshape(m, feature_size)
-        except OverflowError:  # an integer beyond float64
-            x = _to_float32(feats, feature_size)
     events = Events(
         stream_ids=sids,
         steps=step_arr,
@@ -432,10 +452,38 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int) 
         reset=np.array([v is True for v in resets], dtype=bool) if True in resets else np.zeros(m, dtype=bool),
         end=np.array([v is True for v in ends], dtype=bool) if True in ends else np.zeros(m, dtype=bool),
         ts=ts,
-        features=x,
+        features=_bulk_matrix(feats, flat, feature_size),
         index=np.arange(m, dtype=np.int64) if idx is None else np.array(idx, dtype=np.int64),
     )
     return events, sorted(careful)
+
+
+def _bulk_features(feats: list, feature_size: int, vocab_size: int | None) -> tuple[list[bool] | None, list | None]:
+    """(None, all the numbers in order) when every candidate's features are one well-formed step; else
+    (keep flags, None). Token models: one int 0..vocab_size-1 each (the numbers are then not needed)."""
+    if vocab_size is not None:
+        if set(map(type, feats)) == {int} and min(feats) >= 0 and max(feats) < vocab_size:
+            return None, None
+        return [type(f) is int and 0 <= f < vocab_size for f in feats], None
+    if set(map(type, feats)) == {list} and set(map(len, feats)) == {feature_size}:
+        flat = list(chain.from_iterable(feats))
+        if set(map(type, flat)) <= _NUMBER_TYPES:
+            return None, flat
+    return [type(f) is list and len(f) == feature_size and set(map(type, f)) <= _NUMBER_TYPES for f in feats], None
+
+
+def _bulk_matrix(feats: list, flat: list | None, feature_size: int) -> np.ndarray:
+    """The features of the accepted candidates as (m, F) float32 (`flat`: all their numbers, when no
+    candidate was dropped after it was made; token ids, exact in float32, when `flat` is None)."""
+    m = len(feats)
+    if flat is None and (m == 0 or type(feats[0]) is int):
+        return np.array(feats, dtype=np.float32).reshape(m, 1)
+    with np.errstate(over="ignore"):  # numbers beyond float32 become inf and are refused later
+        try:
+            return np.array(flat if flat is not None and len(flat) == m * feature_size
+                            else list(chain.from_iterable(feats)), dtype=np.float32).reshape(m, feature_size)
+        except OverflowError:  # an integer beyond float64
+            return _to_float32(feats, feature_size)
 
 
 def _ts_column_ok(ts: list) -> bool:
@@ -527,7 +575,7 @@ def _to_float32(rows: list, feature_size: int) -> np.ndarray:
         return np.empty((0, feature_size), dtype=np.float32)
     with np.errstate(over="ignore"):  # numbers beyond float32 become inf and are refused below
         try:
-            return np.array(rows, dtype=np.float32)
+            return np.array(rows, dtype=np.float32).reshape(len(rows), feature_size)  # (token ids: flat)
         except OverflowError:  # an integer beyond float64: row by row, marking that row non-finite
             out = np.empty((len(rows), feature_size), dtype=np.float32)
             for r, row in enumerate(rows):

@@ -153,7 +153,10 @@ def test_errors_from_a_real_process_have_no_traceback(tmp_path):
                               text=True, cwd=ROOT, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count("\n") == 1 and expected in proc.stderr, proc.stderr
-    (tmp_path / "model.keras").write_text("placeholder")  # found, so the input is read next
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "model.keras", "w") as z:  # a .keras archive, so the input is read next
+        z.writestr("config.json", "{}")
     proc = subprocess.run([sys.executable, "-m", "streamer", "predict", "--model", str(tmp_path), "--input",
                            str(inp), "--output", "-"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2

@@ -27,25 +27,23 @@ def rs(layer_cls, units=3, **kw):
 
 REFUSED = {
     "bidirectional": (lambda: seq(L.Bidirectional(rs(L.LSTM))), r"'bidirectional' \(Bidirectional\).*future"),
-    # the encoder before a RepeatVector already gives one output per sequence: refused there
-    "repeat_vector": (lambda: seq(L.LSTM(3, name="enc"), L.RepeatVector(5), rs(L.LSTM)),
-                      r"'enc' \(LSTM\).*return_sequences=False"),
+    # the encoder before a RepeatVector is many-to-one (fine); the RepeatVector is refused
+    "repeat_vector": (lambda: seq(L.LSTM(3, name="enc"), L.RepeatVector(5, name="rep"), rs(L.LSTM)),
+                      r"'rep' \(RepeatVector\).*repeats"),
     "go_backwards": (lambda: seq(rs(L.GRU, go_backwards=True, name="back")), r"'back' \(GRU\).*go_backwards"),
-    "last_rnn_no_sequences": (lambda: seq(rs(L.LSTM), L.LSTM(2, name="last")),
-                              r"'last' \(LSTM\).*return_sequences=False"),
-    "middle_rnn_no_sequences": (lambda: seq(L.LSTM(3, name="mid"), L.Dense(2)),
-                                r"'mid' \(LSTM\).*return_sequences=False"),
     "return_state": (lambda: keras.Model(*(lambda i: (i, L.SimpleRNN(2, return_sequences=True,
                                                        return_state=True, name="rst")(i)[0]))(
         keras.Input((None, 4)))), r"'rst'.*return_state|not a linear chain"),
-    "conv1d": (lambda: seq(L.Conv1D(3, 2, name="conv"), rs(L.LSTM)), r"'conv' \(Conv1D\).*neighbouring"),
+    "conv1d": (lambda: seq(L.Conv1D(3, 2, name="conv"), rs(L.LSTM)), r"'conv' \(Conv1D\).*padding='valid'"),
     "attention": (lambda: keras.Model(*(lambda i: (i, L.MultiHeadAttention(1, 2, name="mha")(i, i)))(
         keras.Input((None, 4)))), r"mha|not a linear chain"),
     "lambda": (lambda: seq(L.Lambda(lambda x: x * 2, name="lam"), rs(L.LSTM)), r"'lam' \(Lambda\)"),
-    "flatten_pool": (lambda: seq(rs(L.LSTM), L.GlobalAveragePooling1D(name="gap")), r"'gap'.*collapses"),
+    "flatten": (lambda: keras.Sequential([keras.Input((6, 4)), rs(L.LSTM), L.Flatten(name="flat")]),
+                r"'flat'.*collapses"),
     "masking_late": (lambda: seq(rs(L.LSTM), L.Masking(name="late"), rs(L.LSTM)), r"'late' \(Masking\).*first"),
     "two_maskings": (lambda: seq(L.Masking(), L.Masking(name="m2"), rs(L.LSTM)), r"'m2'.*second Masking"),
-    "batchnorm": (lambda: seq(rs(L.LSTM), L.BatchNormalization(name="bn")), r"'bn' \(BatchNormalization\)"),
+    "batchnorm_time_axis": (lambda: keras.Sequential([keras.Input((6, 4)), rs(L.LSTM), L.BatchNormalization(axis=1, name="bn")]),
+                            r"'bn' \(BatchNormalization\).*axis 1"),
     "softmax_layer_with_mask": (lambda: seq(L.Masking(), rs(L.LSTM), L.Softmax(name="sm")), r"'sm' \(Softmax\)"),
     "custom_activation": (lambda: seq(L.Dense(2, activation=lambda x: x * 3, name="odd")), r"'odd'.*custom activation"),
     "td_of_lstm": (lambda: seq(L.TimeDistributed(L.Dense(2)), L.TimeDistributed(L.Flatten(), name="tdf")),

@@ -93,16 +93,42 @@ def test_load_keras_file_and_train_directory(tmp_path, lstm_model):
 
 
 def test_load_errors_are_one_clear_line(tmp_path):
+    import zipfile
+
     with pytest.raises(ModelError, match="no such file or directory"):
         load_keras_model(tmp_path / "missing.keras")
     with pytest.raises(ModelError, match="no model.keras in this directory"):
         load_keras_model(tmp_path)
-    (tmp_path / "weights.h5").write_text("not a model")
-    with pytest.raises(ModelError, match="expected a .keras file"):
-        load_keras_model(tmp_path / "weights.h5")
-    (tmp_path / "broken.keras").write_text("not a zip")
-    with pytest.raises(ModelError, match="cannot load"):
+    (tmp_path / "notes.h5").write_text("not a model")
+    with pytest.raises(ModelError, match="not a Keras model file"):
+        load_keras_model(tmp_path / "notes.h5")
+    with zipfile.ZipFile(tmp_path / "broken.keras", "w") as z:
+        z.writestr("config.json", "{not json")
+    with pytest.raises(ModelError, match="cannot read the .keras archive"):
         load_keras_model(tmp_path / "broken.keras")
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "saved_model.pb").write_bytes(b"\x08\x01")
+    with pytest.raises(ModelError, match="TensorFlow SavedModel.*model.save"):
+        load_keras_model(tmp_path / "saved")
+
+
+def test_weights_only_files_say_what_to_export(tmp_path, lstm_model):
+    lstm_model.save_weights(tmp_path / "m.weights.h5")
+    with pytest.raises(ModelError, match=r"holds only weights .*model\.save\('model\.keras'\)") as err:
+        load_keras_model(tmp_path / "m.weights.h5")
+    assert "\n" not in str(err.value)
+
+
+def test_h5_full_model_loads_like_the_keras_file(tmp_path, lstm_model):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras calls .h5 legacy
+        lstm_model.save(tmp_path / "m.h5")
+    x = random_sequences([9, 2], seed=3)
+    loaded = load_keras_model(tmp_path / "m.h5")
+    for a, b in zip(predict_sequences(loaded, x), predict_sequences(lstm_model, x)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_lambda_models_are_refused_by_safe_mode(tmp_path):
@@ -114,10 +140,32 @@ def test_lambda_models_are_refused_by_safe_mode(tmp_path):
     assert "Lambda" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_non_sequence_models_are_refused():
+def test_many_to_one_models_give_one_row_per_sequence():
     model = keras.Sequential([keras.Input((None, 5)), keras.layers.LSTM(3), keras.layers.Dense(2)])
-    with pytest.raises(ModelError, match="per-step"):
-        predict_sequences(model, random_sequences([3]))
+    seqs = random_sequences([3, 11, 1, 3], seed=4)
+    out = predict_sequences(model, seqs, batch_size=3)
+    assert [o.shape for o in out] == [(2,)] * 4
+    for x, y in zip(seqs, out):  # equal lengths only share a batch: no padding reaches the last state
+        np.testing.assert_allclose(y, np.asarray(model(x[None]))[0], atol=1e-6)
+
+
+def test_models_whose_output_length_differs_are_refused():
+    model = keras.Sequential([keras.Input((None, 5)), keras.layers.LSTM(3), keras.layers.RepeatVector(4),
+                              keras.layers.LSTM(2, return_sequences=True)])
+    with pytest.raises(ModelError, match="4 output steps for 6 input steps"):
+        predict_sequences(model, random_sequences([6]))
+
+
+def test_fixed_length_stateful_and_unrolled_models_predict_any_length():
+    inp = keras.Input((12, 5), batch_size=3)
+    h = keras.layers.LSTM(6, return_sequences=True, unroll=True, stateful=True)(inp)
+    model = keras.Model(inp, keras.layers.TimeDistributed(keras.layers.Dense(2))(h))
+    free = keras.Sequential([keras.Input((None, 5)), keras.layers.LSTM(6, return_sequences=True),
+                             keras.layers.Dense(2)])
+    free.set_weights(model.get_weights())
+    seqs = random_sequences([1, 30, 12, 7], seed=5)
+    for x, y in zip(seqs, predict_sequences(model, seqs)):
+        np.testing.assert_allclose(y, eager(free, x), atol=1e-5)
 
 
 def test_qa_targets_model_roundtrip_with_records():

@@ -306,3 +306,104 @@ def test_dead_letter_keep_cuts_the_payload_and_records_its_size():
     assert dl["payload"] == "ab" and dl["payload_truncated"] is True and dl["payload_bytes"] == 6
     assert dead_letter("invalid_json", "bad", {"index": 0}, b"abcdef", keep=6) == dead_letter(
         "invalid_json", "bad", {"index": 0}, b"abcdef")
+
+
+# --------------------------------------------------------------------------- token models (an Embedding first)
+
+V = 50  # vocabulary size
+TOKEN_GOOD = {"stream_id": "t", "step": 0, "features": 17}
+
+
+def tok(**changes) -> bytes:
+    obj = dict(TOKEN_GOOD)
+    for k, v in changes.items():
+        if v is ...:
+            obj.pop(k, None)
+        else:
+            obj[k] = v
+    return enc(obj)
+
+
+TOKEN_BAD = [
+    (tok(features=...), schema.MISSING_FEATURES),
+    (tok(features=None), schema.MISSING_FEATURES),
+    (tok(features=17.0), schema.INVALID_FEATURES),  # JSON integers only, like `step`
+    (tok(features=True), schema.INVALID_FEATURES),
+    (tok(features=-1), schema.INVALID_FEATURES),
+    (tok(features=V), schema.INVALID_FEATURES),  # out of vocabulary
+    (tok(features=2**64), schema.INVALID_FEATURES),
+    (tok(features="17"), schema.INVALID_FEATURES),
+    (tok(features=[]), schema.INVALID_FEATURES),
+    (tok(features=[1, 2.5]), schema.INVALID_FEATURES),
+    (tok(features=[1, V]), schema.INVALID_FEATURES),
+    (tok(features=[[1], [2]]), schema.INVALID_FEATURES),
+    (tok(features={"id": 1}), schema.INVALID_FEATURES),
+    (tok(step=-1), schema.INVALID_STEP),
+    (b'{"stream_id": "t", "features": NaN}', schema.INVALID_FEATURES),
+]
+
+
+@pytest.mark.parametrize("raw,code", TOKEN_BAD, ids=[f"{c}:{r[:50]!r}" for r, c in TOKEN_BAD])
+def test_token_events_are_refused_with_their_code(raw, code):
+    for poll in ([raw], [tok()] * 6 + [raw] + [tok()] * 6):  # the careful path alone, and among a bulk poll
+        events, rejected = decode(poll, 1, LIMIT, vocab_size=V)
+        assert [(r.index, r.code) for r in rejected] == [(poll.index(raw), code)]
+        assert len(events) == len(poll) - 1
+
+
+def test_token_events_single_ids_and_chunks():
+    messages = [tok(features=0), tok(features=V - 1, step=3), tok(features=[5, 0, 49], step=None),
+                tok(features=[7]), b'{"stream_id": "u", "features": 12, "end": true}']
+    for poll in (messages, messages * 3):  # per message, and the bulk path (12+ messages)
+        events, rejected = decode(poll, 1, LIMIT, vocab_size=V)
+        assert rejected == []
+        assert events.features.shape == (7 * len(poll) // 5, 1) and events.features.dtype == np.float32
+        assert events.features[:7, 0].tolist() == [0, 49, 5, 0, 49, 7, 12]
+        assert events.counts[:5].tolist() == [1, 1, 3, 1, 1]
+        assert events.chunk[:5].tolist() == [False, False, True, True, False]  # a list is a chunk, even of one id
+        assert events.steps[:5].tolist() == [0, 3, -1, 0, -1]
+
+
+def test_a_float_model_refuses_token_events_and_a_token_model_float_events():
+    _, rejected = decode([tok()], F, LIMIT)
+    assert [r.code for r in rejected] == [schema.INVALID_FEATURES]
+    _, rejected = decode([GOOD_BYTES], 1, LIMIT, vocab_size=V)
+    assert [r.code for r in rejected] == [schema.INVALID_FEATURES]
+    with pytest.raises(ValueError, match="feature size 1"):
+        decode([tok()], 3, LIMIT, vocab_size=V)
+
+
+_ODD_TOKENS = [None, True, False, 0, -1, 1, V - 1, V, 17.0, 2**53, 10**400, "3", [], [1], [1, 2, 3], [1, -1],
+               [[1]], [1, V], [0.5], {}]
+
+
+def _fuzz_token_message(rng) -> bytes:
+    obj: dict = {"stream_id": rng.choice(["s-1", "s-2", "é"]), "features": int(rng.integers(0, V))}
+    if rng.random() < 0.5:
+        obj["step"] = int(rng.integers(0, 50))
+    if rng.random() < 0.2:
+        obj["ts"] = int(rng.integers(0, 2**41))
+    if rng.random() < 0.1:
+        obj["reset" if rng.random() < 0.5 else "end"] = bool(rng.random() < 0.5)
+    roll = rng.random()
+    if roll < 0.1:
+        obj["features"] = [int(v) for v in rng.integers(0, V, int(rng.integers(1, 4)))]
+    elif roll < 0.3:
+        obj["features"] = _ODD_TOKENS[int(rng.integers(len(_ODD_TOKENS)))]
+    elif roll < 0.35:
+        obj.pop("features")
+    elif roll < 0.4:
+        obj["step"] = _ODD_VALUES[int(rng.integers(len(_ODD_VALUES)))]
+    raw = json.dumps(obj).encode()
+    return raw[: int(rng.integers(len(raw)))] if rng.random() < 0.03 else raw
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_token_bulk_decode_equals_careful_decode_on_a_fuzzed_corpus(seed):
+    rng = np.random.default_rng(100 + seed)
+    for size in (1, 12, 13, 60, 400):
+        messages = [_fuzz_token_message(rng) for _ in range(size)]
+        got = decode(messages, 1, LIMIT, vocab_size=V)
+        want = decode([bytearray(m) for m in messages], 1, LIMIT, vocab_size=V)
+        _same_decode(got, want)
+        assert len(got[0]) + len(got[1]) == size

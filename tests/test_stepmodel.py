@@ -262,3 +262,89 @@ def test_activation_formulas(name):
     got = Activation(name)(x.copy())
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
+
+
+# --------------------------------------------------------------------------- input kinds, many-to-one, new ops
+
+
+def _old_version(spec: dict, weights: dict) -> str:
+    """The version hash as computed before input_kind/many_to_one existed (the three core fields)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    core = {k: spec[k] for k in ("feature_size", "mask_value", "layers")}
+    h.update(json.dumps(core, sort_keys=True, separators=(",", ":")).encode())
+    for key in sorted(weights):
+        a = np.ascontiguousarray(weights[key], dtype=np.float32)
+        h.update(f"|{key}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def test_float_models_keep_their_version_and_old_specs_load(tmp_path):
+    model, _ = make_stack(0.0)
+    assert model.version == _old_version(model.spec(), model.weights())
+    assert (model.input_kind, model.vocab_size, model.many_to_one) == ("float", None, False)
+    model.save(tmp_path)
+    spec = json.loads((tmp_path / SPEC_FILE).read_text())
+    for key in ("input_kind", "many_to_one", "vocab_size"):  # a directory converted before these existed
+        spec.pop(key, None)
+    (tmp_path / SPEC_FILE).write_text(json.dumps(spec))
+    again = StepModel.load(tmp_path)
+    assert again.version == model.version and again.input_kind == "float" and not again.many_to_one
+
+
+def _token_model(many_to_one=False, vocab=10):
+    layers = [{"kind": "embedding", "name": "emb", "input_dim": vocab, "output_dim": 4},
+              {"kind": "gru", "name": "gru", "units": 3, "activation": "tanh", "recurrent_activation": "sigmoid",
+               "use_bias": True, "reset_after": True},
+              {"kind": "global_avg_pool", "name": "gap"},
+              {"kind": "dense", "name": "out", "units": 2, "activation": "softmax", "use_bias": True}]
+    weights = {"0.embeddings": rand(vocab, 4), "1.kernel": rand(4, 9), "1.recurrent_kernel": rand(3, 9),
+               "1.bias": rand(2, 9), "3.kernel": rand(3, 2), "3.bias": rand(2)}
+    return StepModel(layers, weights, 1, 0.0, many_to_one=many_to_one)
+
+
+def test_token_model_spec_and_versions(tmp_path):
+    model = _token_model(many_to_one=True)
+    assert (model.input_kind, model.vocab_size, model.feature_size, model.many_to_one) == ("tokens", 10, 1, True)
+    assert _token_model(many_to_one=False).version != model.version  # many_to_one is behaviour: hashed
+    model.save(tmp_path)
+    spec = json.loads((tmp_path / SPEC_FILE).read_text())
+    assert (spec["input_kind"], spec["vocab_size"], spec["many_to_one"]) == ("tokens", 10, True)
+    assert model.describe()["input_kind"] == "tokens" and model.describe()["many_to_one"] is True
+    assert StepModel.load(tmp_path).version == model.version
+    spec["many_to_one"] = False  # edited: the version no longer matches
+    (tmp_path / SPEC_FILE).write_text(json.dumps(spec))
+    with pytest.raises(ModelError, match="version"):
+        StepModel.load(tmp_path)
+    spec["many_to_one"], spec["input_kind"] = True, "float"
+    (tmp_path / SPEC_FILE).write_text(json.dumps(spec))
+    with pytest.raises(ModelError, match="input_kind 'float' does not match"):
+        StepModel.load(tmp_path)
+    spec["input_kind"], spec["many_to_one"] = "tokens", "yes"
+    (tmp_path / SPEC_FILE).write_text(json.dumps(spec))
+    with pytest.raises(ModelError, match="'many_to_one' must be true or false"):
+        StepModel.load(tmp_path)
+
+
+def test_token_ids_run_and_bad_ids_are_data_errors():
+    model = _token_model()
+    ids = np.array([3, 0, 0, 9, 1])
+    ys, state = model.run(ids)
+    batched, _ = model.run(np.stack([ids, ids]))
+    np.testing.assert_allclose(batched[0], ys, atol=1e-6)
+    assert np.isnan(model.run(np.array([0]))[0]).all()  # the mean over no unmasked step: 0/0, as in Keras
+    assert state[-1] == 3  # the pooled count: masked (id 0) steps left out
+    for bad in (10.0, -1.0, 2.5, np.nan):
+        with pytest.raises(DataError, match="token id"):
+            model.step(np.array([[1.0], [bad]], np.float32), model.initial_state(2))
+
+
+def test_an_embedding_must_come_first():
+    layers = [{"kind": "dense", "name": "d", "units": 1, "activation": "linear", "use_bias": False},
+              {"kind": "embedding", "name": "emb", "input_dim": 5, "output_dim": 2}]
+    with pytest.raises(ModelError, match="'emb' is an embedding after the first layer"):
+        StepModel(layers, {"0.kernel": rand(3, 1), "1.embeddings": rand(5, 2)}, 3)
+    with pytest.raises(ModelError, match="input size 1"):
+        StepModel(layers[1:], {"0.embeddings": rand(5, 2)}, 3)

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
                     "DIR/step_model.npz (weights) and DIR/manifest.json (version, layers, state layout).",
     )
     p.add_argument("path", metavar="PATH",
-                   help="a .keras file, a `streamer train` output directory (with model.keras), "
+                   help="a .keras or .h5 (Keras 2) model file, a `streamer train` output directory (with model.keras), "
                         "or an already converted directory (re-validated and copied)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
     p.add_argument("--no-verify", action="store_true",

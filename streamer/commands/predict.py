@@ -11,14 +11,18 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "predict",
         help="predict every step of variable-length sequences offline (JSONL in, JSONL out)",
-        description='Read one sequence per line ({"id": ..., "features": [[...], ...]}, targets optional), '
+        description='Read one sequence per line ({"id": ..., "features": [[...], ...]}, or a flat list of '
+                    "integer token ids for a model that starts with an Embedding; targets optional), "
                     'write one line per sequence ({"id": ..., "predictions": [[...], ...]}, one row per step, '
-                    "in input order; ids default to the 0-based line number). Sequences of any length are "
-                    "bucketed and post-padded; if every input line has targets, the per-step accuracy is "
-                    "printed on stderr.",
+                    'in input order; {"id": ..., "prediction": [...]} for a many-to-one model; ids default to '
+                    "the 0-based line number). Sequences of any length are bucketed and post-padded; models "
+                    "trained with a fixed batch size or length, stateful=True or unroll=True are rebuilt to "
+                    "run on any length with the same weights. If every input line has targets, the accuracy "
+                    "is printed on stderr.",
     )
     p.add_argument("--model", required=True, metavar="PATH",
-                   help="a .keras file or a `streamer train --out` directory (loaded with safe_mode=True)")
+                   help="a .keras or .h5 model file or a `streamer train --out` directory (loaded with "
+                        "safe_mode=True)")
     p.add_argument("--input", required=True, metavar="FILE", help="JSONL sequences; - reads stdin")
     p.add_argument("--output", required=True, metavar="FILE", help="JSONL predictions; - writes stdout")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="sequences per padded batch (default 64)")
@@ -48,18 +52,12 @@ def run(args) -> int:
     resolve_keras_path(args.model)
     records = read_jsonl(sys.stdin if args.input == "-" else args.input, targets="optional")
 
-    from models.architectures import model_io_sizes
-    from models.errors import DataError
     from models.predict import (Forward, atomic_write_text, load_keras_model, predict_sequences, step_accuracy,
                                 write_predictions)
 
     model = load_keras_model(args.model)
-    feature_size, output_size = model_io_sizes(model)
-    width = records[0].features.shape[1]  # the reader made every line agree
-    if width != feature_size:
-        name = "<stdin>" if args.input == "-" else os.path.basename(args.input)
-        raise DataError(f"{name}: sequences have {width} features per step but the model expects {feature_size}")
     forward = Forward(model)
+    _check_inputs(records, forward.io, "<stdin>" if args.input == "-" else os.path.basename(args.input))
     preds = predict_sequences(forward, records, batch_size=args.batch_size)
     buffer = io.StringIO()
     write_predictions(records, preds, buffer)
@@ -68,9 +66,28 @@ def run(args) -> int:
         sys.stdout.flush()
     else:
         atomic_write_text(args.output, buffer.getvalue())
-    steps = sum(len(p) for p in preds)
+    steps = sum(len(r.features) for r in records)
     note = ""
-    if all(r.targets is not None and r.targets.shape[1] == output_size for r in records):
-        note = f", per-step accuracy {step_accuracy(records, preds):.4f}"
+    if all(r.targets is not None and r.targets.size == p.size and r.targets.shape[-1] == p.shape[-1]
+           for r, p in zip(records, preds)):
+        what = "accuracy" if forward.io.many_to_one else "per-step accuracy"
+        note = f", {what} {step_accuracy(records, preds):.4f}"
     print(f"predicted {len(records)} sequences ({steps} steps){note}", file=sys.stderr)
     return 0
+
+
+def _check_inputs(records, io, name: str) -> None:
+    """One clear line when the file's sequences are not what the model takes (the reader made lines agree)."""
+    from models.errors import DataError
+
+    features = records[0].features
+    tokens = features.ndim == 1
+    if io.input_kind == "tokens" and not tokens:
+        raise DataError(f"{name}: sequences have {features.shape[1]} features per step but the model takes "
+                        'integer token ids (an Embedding first): give "features" as a flat list of integers')
+    if io.input_kind == "float" and tokens:
+        raise DataError(f"{name}: sequences are flat lists of token ids but the model takes "
+                        f"{io.feature_size} features per step (a list of {io.feature_size} numbers per step)")
+    if io.input_kind == "float" and features.shape[1] != io.feature_size:
+        raise DataError(f"{name}: sequences have {features.shape[1]} features per step but the model expects "
+                        f"{io.feature_size}")

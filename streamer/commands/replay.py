@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", required=True, metavar="PATH",
                    help="a converted step-model directory (fastest: no TensorFlow), a `streamer train` "
-                        "directory or a .keras file")
+                        "directory or a .keras/.h5 model file")
     p.add_argument("--input", default="-", metavar="PATH", help="events, JSONL; - for stdin (default)")
     p.add_argument("--output", default="-", metavar="PATH", help="predictions, JSONL; - for stdout (default)")
     p.add_argument("--dlq", metavar="PATH",
