@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     model = env_default("model", None)
     p.add_argument("--model", metavar="PATH", default=model, required=model is None,
                    help="a converted step-model directory (no TensorFlow needed), a `streamer train` directory or "
-                        "a .keras file [STREAMER_MODEL]")
+                        "a .keras or Keras 2 .h5 model file [STREAMER_MODEL]")
     add_connection_options(p)
     add_topic_options(p)
 
