@@ -22,6 +22,8 @@ from streamer.errors import UserError
 
 # Order is the order shown in --help.
 COMMANDS = ["train", "predict", "convert", "replay", "demo", "serve", "topics", "produce"]
+# Commands that may import TensorFlow: its native start-up lines are filtered off their stderr.
+TF_COMMANDS = {"train", "predict", "convert", "replay", "demo"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        return int(args.func(args) or 0)
+        if args.command not in TF_COMMANDS:
+            return int(args.func(args) or 0)
+        from streamer.native_log import NativeLogFilter
+
+        with NativeLogFilter():
+            return int(args.func(args) or 0)
     except (UserError, ModelError) as exc:
         message = " ".join(str(exc).split())  # always one line
         print(f"streamer: error: {message}", file=sys.stderr)
