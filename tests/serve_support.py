@@ -218,13 +218,14 @@ class Deployment:
 
 
 class Serve:
-    """`python -m streamer serve ...` as a subprocess; stderr goes to a log file."""
+    """`python -m streamer serve ...` as a subprocess (with `--kafka-client client`); stderr goes to a log file."""
 
     def __init__(self, model_dir, deployment: Deployment, bootstrap: str, log_dir: Path, *extra: str,
-                 name: str = "serve", env: dict | None = None):
+                 name: str = "serve", env: dict | None = None, client: str = "kafka-python"):
         self.log_path = Path(log_dir) / f"{name}-{unique_name('log')}.log"
         self.args = [sys.executable, "-m", "streamer", "serve", "--model", str(model_dir),
-                     *deployment.args(bootstrap), "--metrics-port", "0", *FAST_GROUP, *extra]
+                     *deployment.args(bootstrap), "--metrics-port", "0", "--kafka-client", client, *FAST_GROUP,
+                     *extra]
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.args, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})

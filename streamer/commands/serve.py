@@ -21,7 +21,7 @@ DEFAULT_METRICS_PORT = 8000
 
 def register(subparsers) -> None:
     from streamer.cli import env_default
-    from streamer.kafka.config import COMPRESSION_TYPES, add_connection_options, add_topic_options
+    from streamer.kafka.config import COMPRESSION_TYPES, add_client_option, add_connection_options, add_topic_options
     from streamer.kafka.restore import MODEL_CHANGE_POLICIES
 
     p = subparsers.add_parser(
@@ -41,6 +41,7 @@ def register(subparsers) -> None:
                    help="a converted step-model directory (no TensorFlow needed), a `streamer train` directory or "
                         "a .keras file [STREAMER_MODEL]")
     add_connection_options(p)
+    add_client_option(p.add_argument_group("Kafka client"))
     add_topic_options(p)
 
     g = p.add_argument_group("topic creation")
@@ -116,8 +117,9 @@ def register(subparsers) -> None:
                    default=env_default("log_level", "INFO"), help="default INFO [STREAMER_LOG_LEVEL]")
     g.add_argument("--kafka-log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                    default=env_default("kafka_log_level", "CRITICAL"),
-                   help="kafka-python's own logging (it logs every failed reconnect as an ERROR; serve reports "
-                        "what matters itself); default CRITICAL [STREAMER_KAFKA_LOG_LEVEL]")
+                   help="the Kafka client's own logging (logger `kafka`; librdkafka's is `kafka.librdkafka`): "
+                        "both log every failed reconnect, serve reports what matters itself; default CRITICAL "
+                        "[STREAMER_KAFKA_LOG_LEVEL]")
     add_engine_options(p)
     add_metrics_options(p, default_port=DEFAULT_METRICS_PORT)
     p.set_defaults(func=run)
@@ -134,14 +136,17 @@ def run(args) -> int:
     from streamer.kafka.config import (ClientTuning, connection_from_args, default_transactional_id,
                                        topics_from_args)
     from streamer.kafka.metrics import KafkaMetrics
-    from streamer.kafka.service import FATAL_ERRORS, KafkaClients, KafkaService, ServeSettings, retrying
+    from streamer.kafka.client import make_clients
+    from streamer.kafka.service import FATAL_ERRORS, KafkaService, ServeSettings, retrying
     from streamer.metrics import Metrics
 
     _setup_logging(args.log_level, args.kafka_log_level)
-    # Four threads share the GIL (this loop, kafka-python's consumer IO loop and producer sender, the
-    # changelog sender): hand it over every 1 ms instead of 5 ms. Measured: p99 latency at 2k events/s
-    # 105 -> 64-80 ms, throughput unchanged (benchmarks/bench_kafka.py).
-    sys.setswitchinterval(0.001)
+    # kafka-python: four threads share the GIL (this loop, kafka-python's consumer IO loop and producer
+    # sender, the changelog sender): hand it over every 1 ms instead of 5 ms. Measured: p99 latency at 2k
+    # events/s 105 -> 64-80 ms, throughput unchanged (benchmarks/bench_kafka.py). librdkafka's threads
+    # hold no GIL.
+    if args.kafka_client == "kafka-python":
+        sys.setswitchinterval(0.001)
     log = logging.getLogger("streamer.serve")
     conn = connection_from_args(args)
     topics = topics_from_args(args)
@@ -172,7 +177,7 @@ def run(args) -> int:
     log.info("model %s (%d features -> %d outputs, state %d floats); topics %s -> %s, dead letters %s, "
              "changelog %s", model.version, model.feature_size, model.output_size, model.state_size,
              topics.input, topics.output, topics.dlq, topics.changelog)
-    clients = KafkaClients(conn, tuning)
+    clients = make_clients(args.kafka_client, conn, tuning, topics.input, kafka_metrics)
     try:
         admin = retrying(clients.admin, stop, kafka_metrics, "connecting to Kafka")
         if admin is None:
@@ -195,8 +200,7 @@ def run(args) -> int:
     except FATAL_ERRORS as exc:
         if isinstance(exc, UserError):
             raise
-        raise UserError(f"Kafka refused: {type(exc).__name__}: {exc}; check the security settings, ACLs "
-                        "and broker version") from None
+        raise UserError(f"Kafka refused: {exc}; check the security settings, ACLs and broker version") from None
     finally:
         if server is not None:
             server.close()

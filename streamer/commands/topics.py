@@ -14,7 +14,7 @@ PROG = "streamer topics"
 
 def register(subparsers) -> None:
     from streamer.cli import env_default
-    from streamer.kafka.config import add_connection_options, add_topic_options
+    from streamer.kafka.config import add_client_option, add_connection_options, add_topic_options
 
     p = subparsers.add_parser(
         "topics",
@@ -33,6 +33,7 @@ def register(subparsers) -> None:
                               description="Print each topic's partition count (or 'missing').")
     for q in (create, describe):
         add_connection_options(q)
+        add_client_option(q)
         add_topic_options(q)
     create.add_argument("--partitions", type=_int_at_least(1), metavar="N",
                         default=env_default("partitions", None, _int_at_least(1)),
@@ -45,21 +46,19 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from kafka.errors import KafkaError
-
     from streamer.errors import UserError
     from streamer.kafka import topics as topic_admin
+    from streamer.kafka.client import ClientError, make_clients
     from streamer.kafka.config import ClientTuning, connection_from_args, topics_from_args
 
     conn = connection_from_args(args)
     topics = topics_from_args(args)
     try:
-        from kafka import KafkaAdminClient
-
-        admin = KafkaAdminClient(**ClientTuning(group_id=args.group_id).admin_kwargs(conn))
-    except KafkaError as exc:
-        raise UserError(f"cannot reach Kafka at {args.bootstrap_servers} ({type(exc).__name__}: {exc}); is the "
-                        "broker up and --bootstrap-servers right?") from None
+        admin = make_clients(args.kafka_client, conn, ClientTuning(group_id=args.group_id), topics.input).admin()
+        admin.partition_counts([topics.input])  # reach the brokers now: a clear message if they do not answer
+    except ClientError as exc:
+        raise UserError(f"cannot reach Kafka at {args.bootstrap_servers} ({exc}); is the broker up and "
+                        "--bootstrap-servers right?") from None
     try:
         if args.action == "create":
             before = topic_admin.describe(admin, topics.all())
@@ -73,8 +72,8 @@ def run(args) -> int:
             for name in topics.all():
                 print(f"{name}\t" + ("missing" if counts[name] is None else f"{counts[name]} partitions"))
             topic_admin.check_changelog(counts, topics)
-    except KafkaError as exc:
-        raise UserError(f"Kafka refused: {type(exc).__name__}: {exc}") from None
+    except ClientError as exc:
+        raise UserError(f"Kafka refused: {exc}") from None
     finally:
         admin.close()
     return 0

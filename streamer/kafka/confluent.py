@@ -1,0 +1,589 @@
+"""The confluent-kafka (librdkafka) implementation of `streamer.kafka.client` (``--kafka-client confluent``).
+
+- `ConfluentClients`: the factory; `consumer_config`/`producer_config`/`reader_config` are the settings
+  (librdkafka property names) made from a `Connection` and a `ClientTuning`.
+- `ConfluentConsumer`: the group member, with the cooperative-sticky assignor: a rebalance revokes only
+  the partitions that move and assigns only the new ones (``incremental_assign``/``incremental_unassign``),
+  so the others keep being processed through it. librdkafka runs the rebalance callbacks on the calling
+  thread, inside ``consume``/``close``; the revocation's offset commit is a synchronous ``commit`` there.
+  A batch is ``consume(n, 0)`` (what is already fetched) or, when nothing is, one ``poll(timeout)``
+  followed by ``consume(n - 1, 0)``: librdkafka's ``consume(n, timeout)`` would wait the whole timeout
+  to fill a batch. Static membership (``group.instance.id``) when the tuning names one.
+- `ConfluentProducer`: ``produce`` with a delivery callback per record, served by ``poll(0)`` (the serve
+  loop calls it every round) and ``flush``; idempotent (``enable.idempotence``) under at-least-once too,
+  transactional under exactly-once (``transactional.id``; ``message.timeout.ms`` is capped at
+  ``transaction.timeout.ms``, as librdkafka requires). One lock serves the callbacks, so that the counts
+  they keep are never updated from two threads at once. Keys are partitioned with ``murmur2_random``,
+  the Java clients' (and kafka-python's) partitioner, so a key lands where it would with them.
+- `ConfluentReader`: a consumer without a group subscription that reads changelog partitions from the
+  beginning until librdkafka reports their end (``enable.partition.eof``; read_committed: the last
+  stable offset).
+- `ConfluentAdmin`: ``list_topics``, ``create_topics``, ``describe_configs``.
+
+librdkafka retries brokers that are down by itself. Its error events (``_ALL_BROKERS_DOWN``,
+``_TRANSPORT``, ``_RESOLVE``...) and its statistics (every ``statistics.interval.ms``: each broker's
+connection state, each partition's high watermark / last stable offset) feed ``connections()`` and
+``highwater()``, which the service turns into ``streamer_kafka_connections``, outage counts and
+``streamer_kafka_consumer_lag_records``. Fatal errors (authentication, authorisation, a fenced static
+member) are raised as `FatalClientError` from the next call on the main thread. librdkafka's own log
+goes to the Python logger ``kafka.librdkafka`` (``--kafka-log-level``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import confluent_kafka as ck
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from streamer.kafka.client import Batch, ClientError, ClientTimeout, DeliveryError, FatalClientError, TopicSpec
+
+log = logging.getLogger("streamer.serve")
+rdkafka_log = logging.getLogger("kafka.librdkafka")
+
+# Errors that retrying cannot fix (serve stops with one line).
+FATAL_CODES = frozenset({
+    KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError.UNSUPPORTED_SASL_MECHANISM,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    KafkaError.UNSUPPORTED_VERSION, KafkaError._UNSUPPORTED_FEATURE, KafkaError._INVALID_ARG,
+    KafkaError.FENCED_INSTANCE_ID,
+})
+# Connectivity: librdkafka reconnects by itself; the service sees these as connections() == 0.
+CONNECTION_CODES = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
+
+_error, _partition, _offset = Message.error, Message.partition, Message.offset
+_key, _value = Message.key, Message.value
+
+
+def translate(err, kind: str, what: str = "") -> ClientError:
+    """A confluent-kafka KafkaError (or KafkaException) as a `ClientError` counted under `kind`."""
+    cause = err if isinstance(err, BaseException) else None
+    if isinstance(err, KafkaException) and err.args and isinstance(err.args[0], KafkaError):
+        err = err.args[0]
+    if not isinstance(err, KafkaError):
+        return ClientError(f"{what}{type(err).__name__}: {err}", kind=kind, cause=cause)
+    name = err.name()
+    message = f"{what}{name}: {err.str()}"
+    if err.code() in FATAL_CODES:
+        return FatalClientError(message, kind=kind, name=name, cause=cause)
+    if err.code() in (KafkaError._TIMED_OUT, KafkaError._MSG_TIMED_OUT) or err.code() in CONNECTION_CODES:
+        return ClientTimeout(message, kind=kind, name=name, cause=cause)
+    return ClientError(message, kind=kind, name=name, cause=cause)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def consumer_config(conn, t) -> dict:
+    c = {**conn.librdkafka_config(), "group.id": t.group_id, "enable.auto.commit": False,
+         "enable.auto.offset.store": False, "auto.offset.reset": t.auto_offset_reset,
+         "session.timeout.ms": t.session_timeout_ms, "heartbeat.interval.ms": t.heartbeat_interval_ms,
+         "max.poll.interval.ms": t.max_poll_interval_ms,
+         "isolation.level": "read_committed" if t.exactly_once else "read_uncommitted",
+         "partition.assignment.strategy": "cooperative-sticky", "allow.auto.create.topics": False,
+         "max.partition.fetch.bytes": 4 << 20, "statistics.interval.ms": t.statistics_interval_ms}
+    if t.group_instance_id:
+        c["group.instance.id"] = t.group_instance_id
+    return c
+
+
+def producer_config(conn, t) -> dict:
+    timeout = t.delivery_timeout_ms
+    if t.exactly_once:  # librdkafka refuses message.timeout.ms > transaction.timeout.ms
+        timeout = min(timeout, t.transaction_timeout_ms)
+    c = {**conn.librdkafka_config(), "acks": "all", "enable.idempotence": True, "linger.ms": t.linger_ms,
+         "batch.size": t.batch_bytes, "compression.type": t.compression, "message.timeout.ms": timeout,
+         "request.timeout.ms": max(1000, min(t.request_timeout_ms, timeout - t.linger_ms - 1000)),
+         "message.max.bytes": 8 << 20, "queue.buffering.max.messages": 1_000_000,
+         "partitioner": "murmur2_random"}
+    if t.exactly_once:
+        c.update({"transactional.id": t.transactional_id, "transaction.timeout.ms": t.transaction_timeout_ms})
+    return c
+
+
+def reader_config(conn, t) -> dict:
+    return {**conn.librdkafka_config(), "client.id": conn.client_id + "-restore",
+            "group.id": t.group_id + "-restore",  # required by the client; never joined, nothing committed
+            "enable.auto.commit": False, "enable.auto.offset.store": False, "enable.partition.eof": True,
+            "isolation.level": "read_committed", "allow.auto.create.topics": False,
+            "max.partition.fetch.bytes": 16 << 20, "fetch.max.bytes": 64 << 20}
+
+
+def admin_config(conn, t) -> dict:
+    return {**conn.librdkafka_config(), "client.id": conn.client_id + "-admin",
+            "socket.timeout.ms": t.request_timeout_ms}
+
+
+class _Events:
+    """librdkafka's error events and statistics of one client (callbacks on the polling thread)."""
+
+    def __init__(self, metrics=None, topic: str | None = None, committed_reads: bool = False):
+        self.metrics = metrics
+        self.topic = topic
+        self.fatal: ClientError | None = None
+        self.down = False  # _ALL_BROKERS_DOWN seen, and no statistics since that show a broker up
+        self.connections: int | None = None
+        self.highwater: dict[int, int] = {}
+        self._offset_field = "ls_offset" if committed_reads else "hi_offset"
+        self._last_warning: dict[int, float] = {}
+
+    def config(self, stats: bool) -> dict:
+        c = {"error_cb": self.on_error, "logger": rdkafka_log}
+        if stats:
+            c["stats_cb"] = self.on_stats
+        return c
+
+    def on_error(self, err: KafkaError) -> None:
+        code = err.code()
+        if code in CONNECTION_CODES:
+            if code == KafkaError._ALL_BROKERS_DOWN:
+                self.down = True
+            rdkafka_log.debug("%s: %s", err.name(), err.str())
+            return
+        if code in FATAL_CODES or err.fatal():
+            if self.fatal is None:
+                self.fatal = translate(err, "connect")
+            return
+        now = time.monotonic()
+        if now - self._last_warning.get(code, -1e9) >= 10.0:  # at most one line per error per 10 s
+            self._last_warning[code] = now
+            log.warning("Kafka client error (%s: %s); librdkafka retries", err.name(), err.str())
+        if self.metrics is not None:
+            self.metrics.error("poll")
+
+    def on_stats(self, text: str) -> None:
+        try:
+            stats = json.loads(text)
+        except ValueError:
+            return
+        brokers = stats.get("brokers", {}).values()
+        up = sum(1 for b in brokers if b.get("source") != "logical" and b.get("state") == "UP")
+        self.connections = up
+        if up:
+            self.down = False
+        parts = stats.get("topics", {}).get(self.topic, {}).get("partitions", {}) if self.topic else {}
+        field = self._offset_field
+        self.highwater = {int(p): v[field] for p, v in parts.items() if int(p) >= 0 and v.get(field, -1) >= 0}
+
+    def raise_fatal(self) -> None:
+        if self.fatal is not None:
+            raise self.fatal
+
+
+# --------------------------------------------------------------------------- factory
+
+
+class ConfluentClients:
+    name = "confluent"
+
+    def __init__(self, connection, tuning, topic: str, metrics=None):
+        self.connection = connection
+        self.tuning = tuning
+        self.topic = topic
+        self.metrics = metrics
+
+    def consumer(self) -> "ConfluentConsumer":
+        return ConfluentConsumer(consumer_config(self.connection, self.tuning), self.topic,
+                                 self.tuning.auto_offset_reset, self.tuning.exactly_once, self.metrics)
+
+    def producer(self) -> "ConfluentProducer":
+        return ConfluentProducer(producer_config(self.connection, self.tuning), self.tuning.exactly_once,
+                                 self.tuning.request_timeout_ms / 1000, self.metrics)
+
+    def reader(self) -> "ConfluentReader":
+        return ConfluentReader(reader_config(self.connection, self.tuning))
+
+    def admin(self) -> "ConfluentAdmin":
+        return ConfluentAdmin(admin_config(self.connection, self.tuning), self.tuning.request_timeout_ms / 1000)
+
+
+# --------------------------------------------------------------------------- consumer
+
+
+class ConfluentConsumer:
+    def __init__(self, config: dict, topic: str, auto_offset_reset: str = "earliest", exactly_once: bool = False,
+                 metrics=None):
+        self.topic = topic
+        self._reset = ck.OFFSET_END if auto_offset_reset == "latest" else ck.OFFSET_BEGINNING
+        self._events = _Events(metrics, topic, committed_reads=exactly_once)
+        self._listener = None
+        self._assignment: set[int] = set()
+        self._paused: set[int] = set()
+        try:
+            self.raw = ck.Consumer({**config, **self._events.config(stats=True)})
+        except (KafkaException, ValueError) as exc:
+            raise translate(exc, "connect", "creating the consumer: ") from exc
+
+    def _tps(self, partitions, offset=None) -> list:
+        if offset is None:
+            return [TopicPartition(self.topic, p) for p in partitions]
+        return [TopicPartition(self.topic, p, offset) for p in partitions]
+
+    def _parts(self, tps) -> set[int]:
+        return {tp.partition for tp in tps if tp.topic == self.topic}
+
+    # rebalance callbacks: on this thread, inside consume()/poll()/close()
+
+    def subscribe(self, listener) -> None:
+        self._listener = listener
+        try:
+            self.raw.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                               on_lost=self._on_lost)
+        except KafkaException as exc:
+            raise translate(exc, "connect") from exc
+
+    def _on_assign(self, consumer, tps) -> None:
+        self.raw.incremental_assign(tps)
+        self._assignment |= self._parts(tps)
+        self._listener.assigned(set(self._assignment))
+
+    def _on_revoke(self, consumer, tps) -> None:
+        parts = self._parts(tps)
+        offsets = self._listener.revoke_checkpoint(parts)
+        if offsets is not None:
+            ok = False
+            if offsets:
+                try:
+                    self.commit(offsets, 30.0)
+                    ok = True
+                except ClientError as exc:  # the events are replayed and deduplicated
+                    log.warning("offset commit on revocation failed (%s)", exc)
+            self._listener.revoke_done(offsets, ok)
+        self._unassign(tps, parts)
+        self._listener.unassigned(parts)
+
+    def _on_lost(self, consumer, tps) -> None:
+        parts = self._parts(tps)
+        self._listener.lost(parts)
+        self._unassign(tps, parts)
+
+    def _unassign(self, tps, parts: set[int]) -> None:
+        try:
+            self.raw.incremental_unassign(tps)
+        except KafkaException as exc:
+            log.debug("incremental_unassign: %s", exc)
+        self._assignment -= parts
+        self._paused -= parts
+
+    # the loop
+
+    def consume(self, max_records: int, timeout_s: float) -> Batch | None:
+        raw = self.raw
+        try:
+            msgs = raw.consume(max_records, 0)
+            if not msgs:
+                first = raw.poll(timeout_s)
+                if first is None:
+                    self._events.raise_fatal()
+                    return None
+                msgs = [first] + raw.consume(max_records - 1, 0) if max_records > 1 else [first]
+        except KafkaException as exc:
+            raise translate(exc, "poll") from exc
+        self._events.raise_fatal()
+        errors = list(map(_error, msgs))
+        if errors.count(None) != len(msgs):
+            msgs = self._drop_errors(msgs, errors)
+            if not msgs:
+                return None
+        return Batch(list(map(_partition, msgs)), list(map(_offset, msgs)), list(map(_key, msgs)),
+                     list(map(_value, msgs)))
+
+    def _drop_errors(self, msgs: list, errors: list) -> list:
+        for err in errors:
+            if err is None or err.code() == KafkaError._PARTITION_EOF:
+                continue
+            if err.code() in FATAL_CODES or err.fatal():
+                raise translate(err, "poll")
+            self._events.on_error(err)
+        return [m for m, e in zip(msgs, errors) if e is None]
+
+    def commit(self, offsets: dict[int, int], timeout_s: float) -> None:
+        tps = [TopicPartition(self.topic, p, o) for p, o in offsets.items()]
+        try:
+            result = self.raw.commit(offsets=tps, asynchronous=False)
+        except KafkaException as exc:
+            raise translate(exc, "commit") from exc
+        for tp in result or ():
+            if tp.error is not None:
+                raise translate(tp.error, "commit", f"committing partition {tp.partition}: ")
+
+    def rewind(self, partitions: list[int]) -> None:
+        if not partitions:
+            return
+        try:
+            committed = self.raw.committed(self._tps(partitions), timeout=30)
+        except KafkaException as exc:
+            raise translate(exc, "poll") from exc
+        for tp in committed:
+            self.seek(tp.partition, tp.offset if tp.offset >= 0 else self._reset)
+
+    def seek(self, partition: int, offset: int) -> None:
+        tp = TopicPartition(self.topic, partition, offset)
+        try:
+            self.raw.seek(tp)
+        except KafkaException:  # not fetching yet (just assigned): assign it again at that offset
+            try:
+                self.raw.incremental_unassign([TopicPartition(self.topic, partition)])
+                self.raw.incremental_assign([tp])
+                if partition in self._paused:
+                    self.raw.pause([TopicPartition(self.topic, partition)])
+            except KafkaException as exc:
+                raise translate(exc, "poll", f"seeking partition {partition}: ") from exc
+
+    def pause(self, partitions) -> None:
+        if partitions:
+            self.raw.pause(self._tps(partitions))
+            self._paused |= set(partitions)
+
+    def resume(self, partitions) -> None:
+        if partitions:
+            self.raw.resume(self._tps(partitions))
+            self._paused -= set(partitions)
+
+    def highwater(self, partition: int) -> int | None:
+        return self._events.highwater.get(partition)
+
+    def group_metadata(self):
+        return self.raw.consumer_group_metadata()
+
+    def connections(self) -> int | None:
+        return 0 if self._events.down else self._events.connections
+
+    def group_stable(self) -> bool | None:
+        return None  # librdkafka manages its membership itself: nothing to watch
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        except (KafkaException, RuntimeError) as exc:
+            raise translate(exc, "poll") from exc
+
+
+# --------------------------------------------------------------------------- producer
+
+
+class ConfluentProducer:
+    background_sends = False  # ~1 us per record: a checkpoint's changelog is sent inline
+
+    def __init__(self, config: dict, transactional: bool, timeout_s: float, metrics=None):
+        self._events = _Events(metrics)
+        self._timeout_s = timeout_s
+        self._serving = threading.Lock()  # delivery callbacks run on one thread at a time
+        try:
+            self.raw = ck.Producer({**config, **self._events.config(stats=False)})
+        except (KafkaException, ValueError) as exc:
+            raise translate(exc, "connect", "creating the producer: ") from exc
+        if transactional:
+            try:
+                self.raw.init_transactions(timeout_s)  # fences an older producer with our id
+            except KafkaException as exc:
+                raise translate(exc, "transaction", "initialising transactions: ") from exc
+
+    def send(self, topic, key, value, partition, on_done) -> None:
+        self.send_many(topic, [key], [value], None if partition is None else [partition], on_done)
+
+    def send_many(self, topic, keys, values, partitions, on_done) -> None:
+        def delivered(err, msg, on_done=on_done):
+            if err is None:
+                on_done(None)
+            else:
+                on_done(translate(err, "produce", f"delivering to {msg.topic()} [{msg.partition()}]: "))
+
+        produce = self.raw.produce
+        n = 0
+        try:
+            if partitions is None:
+                for key, value in zip(keys, values):
+                    produce(topic, value, key, on_delivery=delivered)
+                    n += 1
+            else:
+                for key, value, partition in zip(keys, values, partitions):
+                    produce(topic, value, key, -1 if partition is None else partition, delivered)
+                    n += 1
+        except BufferError:  # the local queue is full: serve deliveries until there is room, go on
+            self._send_slowly(topic, keys[n:], values[n:], None if partitions is None else partitions[n:],
+                              delivered)
+        except KafkaException as exc:
+            raise translate(exc, "produce") from exc
+
+    def _send_slowly(self, topic, keys, values, partitions, delivered) -> None:
+        parts = partitions if partitions is not None else [None] * len(keys)
+        for key, value, partition in zip(keys, values, parts):
+            deadline = time.monotonic() + self._timeout_s
+            while True:
+                try:
+                    self.raw.produce(topic, value, key, -1 if partition is None else partition, delivered)
+                    break
+                except BufferError:
+                    if time.monotonic() > deadline:
+                        raise DeliveryError("the producer's queue stayed full (the broker does not take records)")
+                    with self._serving:
+                        self.raw.poll(0.05)
+                except KafkaException as exc:
+                    raise translate(exc, "produce") from exc
+
+    def poll(self) -> None:
+        if self._serving.acquire(blocking=False):
+            try:
+                self.raw.poll(0)
+            finally:
+                self._serving.release()
+        self._events.raise_fatal()
+
+    def flush(self, timeout_s: float | None) -> bool:
+        with self._serving:
+            left = self.raw.flush(-1 if timeout_s is None else timeout_s)
+        return left == 0
+
+    def begin_transaction(self) -> None:
+        self._txn(self.raw.begin_transaction)
+
+    def send_offsets_to_transaction(self, topic: str, offsets: dict[int, int], group_metadata) -> None:
+        tps = [TopicPartition(topic, p, o) for p, o in offsets.items()]
+        self._txn(self.raw.send_offsets_to_transaction, tps, group_metadata, self._timeout_s)
+
+    def commit_transaction(self) -> None:
+        with self._serving:  # it flushes: delivery callbacks run here
+            self._txn(self.raw.commit_transaction, self._timeout_s)
+
+    def abort_transaction(self) -> None:
+        with self._serving:
+            self._txn(self.raw.abort_transaction, self._timeout_s)
+
+    @staticmethod
+    def _txn(fn, *args):
+        try:
+            return fn(*args)
+        except KafkaException as exc:
+            raise translate(exc, "transaction") from exc
+
+    def close(self, timeout_s: float) -> None:
+        with self._serving:
+            if self.raw.flush(timeout_s):
+                self.raw.purge()  # what did not resolve in time is dropped, never sent later
+                self.raw.poll(0)
+        close = getattr(self.raw, "close", None)
+        if close is not None:
+            close()
+
+
+# --------------------------------------------------------------------------- reader and admin
+
+
+class ConfluentReader:
+    def __init__(self, config: dict):
+        self._events = _Events()
+        try:
+            self.raw = ck.Consumer({**config, **self._events.config(stats=False)})
+        except (KafkaException, ValueError) as exc:
+            raise translate(exc, "connect", "creating the changelog reader: ") from exc
+
+    def read(self, topic: str, partitions: list[int], timeout_s: float, sink) -> None:
+        if not partitions:
+            return
+        raw = self.raw
+        remaining = set(partitions)
+        try:
+            raw.assign([TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in partitions])
+            try:
+                deadline = time.monotonic() + timeout_s
+                while remaining:
+                    if time.monotonic() > deadline:
+                        raise ClientTimeout(f"changelog {topic} partitions {sorted(remaining)} not read to their end "
+                                            f"within {timeout_s:.0f}s", kind="restore")
+                    self._events.raise_fatal()
+                    self._read_batch(raw.consume(20000, 0.2), remaining, sink)
+            finally:
+                raw.unassign()
+        except KafkaException as exc:
+            raise translate(exc, "restore") from exc
+
+    @staticmethod
+    def _read_batch(msgs: list, remaining: set[int], sink) -> None:
+        by_partition: dict[int, tuple[list, list]] = {}
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    remaining.discard(m.partition())
+                    continue
+                raise translate(err, "restore")
+            keys, values = by_partition.setdefault(m.partition(), ([], []))
+            keys.append(m.key())
+            values.append(m.value())
+        for p, (keys, values) in by_partition.items():
+            sink(p, keys, values)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class ConfluentAdmin:
+    def __init__(self, config: dict, timeout_s: float):
+        from confluent_kafka.admin import AdminClient
+
+        self._events = _Events()
+        self._timeout_s = timeout_s
+        try:
+            self.raw = AdminClient({**config, **self._events.config(stats=False)})
+        except (KafkaException, ValueError) as exc:
+            raise translate(exc, "connect", "creating the admin client: ") from exc
+
+    def _metadata(self, timeout_s: float | None = None):
+        try:
+            return self.raw.list_topics(timeout=timeout_s or min(self._timeout_s, 5.0))
+        except KafkaException as exc:
+            self._events.raise_fatal()
+            raise translate(exc, "connect", "reading the cluster metadata: ") from exc
+
+    def partition_counts(self, names: list[str]) -> dict[str, int | None]:
+        topics = self._metadata().topics
+        out: dict[str, int | None] = {}
+        for name in names:
+            t = topics.get(name)
+            out[name] = None if t is None or t.error is not None else len(t.partitions)
+        return out
+
+    def create_topics(self, specs: dict[str, TopicSpec]) -> None:
+        from confluent_kafka.admin import NewTopic
+
+        new = [NewTopic(name, num_partitions=s.partitions, replication_factor=s.replication_factor,
+                        config={k: str(v) for k, v in s.configs.items()}) for name, s in specs.items()]
+        futures = self.raw.create_topics(new, operation_timeout=30, request_timeout=self._timeout_s)
+        for name, future in futures.items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                if exc.args and isinstance(exc.args[0], KafkaError) and \
+                        exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue  # another instance created it at the same moment
+                raise translate(exc, "connect", f"creating topic {name}: ") from exc
+        self._wait_for_leaders(list(specs), deadline=time.monotonic() + 30)
+
+    def _wait_for_leaders(self, names: list[str], deadline: float) -> None:
+        while True:
+            topics = self._metadata().topics
+            if all(n in topics and topics[n].error is None and topics[n].partitions and
+                   all(p.leader >= 0 for p in topics[n].partitions.values()) for n in names):
+                return
+            if time.monotonic() > deadline:
+                raise ClientTimeout(f"created topics {', '.join(names)} have no leaders after 30 s")
+            time.sleep(0.1)
+
+    def topic_config(self, topic: str, name: str) -> str | None:
+        from confluent_kafka.admin import ConfigResource, ResourceType
+
+        resource = ConfigResource(ResourceType.TOPIC, topic)
+        try:
+            entries = self.raw.describe_configs([resource], request_timeout=self._timeout_s)[resource].result()
+        except KafkaException as exc:
+            raise translate(exc, "connect", f"describing topic {topic}: ") from exc
+        entry = entries.get(name)
+        return None if entry is None else entry.value
+
+    def close(self) -> None:
+        """Nothing to close: the admin client is released with its last reference."""
