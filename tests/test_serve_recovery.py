@@ -108,6 +108,10 @@ def test_a_killed_group_member_s_streams_continue_elsewhere(kafka_client, kafka_
         partial = _wait_steps(kafka_bootstrap, d.output, total // 3, timeout_s=30)
         assert count_steps(partial) < total
         victim, survivors = members[0], members[1:]
+        deadline = time.monotonic() + 30  # the victim has checkpointed streams of its own: they must move
+        while victim.metric("streamer_kafka_changelog_records_total", kind="state") == 0:
+            assert time.monotonic() < deadline, "the victim never checkpointed a stream"
+            time.sleep(0.2)
         victim.kill(dump=False)
         feeder.join()
         records = _wait_steps(kafka_bootstrap, d.output, total, timeout_s=120)

@@ -110,7 +110,8 @@ def reader_config(conn, t) -> dict:
             "group.id": t.group_id + "-restore",  # required by the client; never joined, nothing committed
             "enable.auto.commit": False, "enable.auto.offset.store": False, "enable.partition.eof": True,
             "isolation.level": "read_committed", "allow.auto.create.topics": False,
-            "max.partition.fetch.bytes": 16 << 20, "fetch.max.bytes": 64 << 20}
+            "max.partition.fetch.bytes": 16 << 20, "fetch.max.bytes": 64 << 20,
+            "fetch.wait.max.ms": 20}  # the end of a partition is known from a fetch answer: do not let it wait
 
 
 def admin_config(conn, t) -> dict:
@@ -486,21 +487,32 @@ class ConfluentReader:
         if not partitions:
             return
         raw = self.raw
-        remaining = set(partitions)
+        deadline = time.monotonic() + timeout_s
         try:
-            raw.assign([TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in partitions])
+            remaining = {p for p in partitions if self._has_records(topic, p, deadline)}
+            if not remaining:
+                return
+            raw.assign([TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in sorted(remaining)])
             try:
-                deadline = time.monotonic() + timeout_s
                 while remaining:
                     if time.monotonic() > deadline:
                         raise ClientTimeout(f"changelog {topic} partitions {sorted(remaining)} not read to their end "
                                             f"within {timeout_s:.0f}s", kind="restore")
                     self._events.raise_fatal()
-                    self._read_batch(raw.consume(20000, 0.2), remaining, sink)
+                    msgs = raw.consume(20000, 0)  # what is fetched already; else wait for the next fetch
+                    if not msgs:
+                        first = raw.poll(0.1)
+                        msgs = [] if first is None else [first]
+                    self._read_batch(msgs, remaining, sink)
             finally:
                 raw.unassign()
         except KafkaException as exc:
             raise translate(exc, "restore") from exc
+
+    def _has_records(self, topic: str, partition: int, deadline: float) -> bool:
+        low, high = self.raw.get_watermark_offsets(TopicPartition(topic, partition),
+                                                   timeout=max(1.0, deadline - time.monotonic()))
+        return high > low
 
     @staticmethod
     def _read_batch(msgs: list, remaining: set[int], sink) -> None:
