@@ -45,7 +45,8 @@ def fast_crc32c() -> bool:
 def translate(exc: BaseException, kind: str) -> ClientError:
     """A kafka-python exception as a `ClientError` counted under `kind`."""
     name = type(exc).__name__
-    message = f"{name}: {exc}"
+    text = str(exc)
+    message = text if text.startswith(name) else f"{name}: {text}"  # kafka-python's own text may name it
     if isinstance(exc, FATAL):
         return FatalClientError(message, kind=kind, name=name, cause=exc)
     if isinstance(exc, KafkaTimeoutError):

@@ -52,12 +52,8 @@ class Topics:
 def as_admin(admin):
     """`admin` as a `streamer.kafka.client.Admin`: a kafka-python KafkaAdminClient is wrapped (tests and
     scripts hold those), anything else is taken to be an `Admin` already."""
-    try:
-        from kafka import KafkaAdminClient
-    except ImportError:  # pragma: no cover - kafka-python is a dependency
-        return admin
-    if isinstance(admin, KafkaAdminClient):
-        from streamer.kafka.kafka_python import KafkaPythonAdmin
+    if type(admin).__module__.startswith("kafka.") and type(admin).__name__ == "KafkaAdminClient":
+        from streamer.kafka.kafka_python import KafkaPythonAdmin  # (no kafka-python import otherwise)
 
         return KafkaPythonAdmin(admin)
     return admin
