@@ -156,7 +156,8 @@ def main() -> int:
                     r = latency(args, model_dir, work, cmd, rate)
                     print(f"latency at {rate:,.0f} events/s, {name}: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
                           f"max {r['max_ms']:.0f} ms ({r['received']:,}/{r['expected']:,} predictions; event ts -> "
-                          f"prediction at a consumer); ts -> sent by serve p99 {r['sent_p99_ms']:.1f} ms", flush=True)
+                          f"prediction at a consumer); ts -> sent by serve p50 {r['sent_p50_ms']:.1f} ms, p99 {r['sent_p99_ms']:.1f} ms",
+                          flush=True)
         if "restore" in cases:
             for name, cmd in serve_cmd.items():
                 r = restore(args, model, model_dir, work, cmd)
@@ -175,6 +176,9 @@ def main() -> int:
             import pstats
 
             pstats.Stats(str(prof)).sort_stats("tottime").print_stats(20)
+            import shutil
+
+            shutil.copy(prof, Path(tempfile.gettempdir()) / f"serve-{client}-{case}.prof")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

@@ -123,9 +123,14 @@ class _Counter:
         self.tps = [TopicPartition(topic, p) for p in range(d.partitions)]
 
     def count(self) -> int:
-        if self.committed:
-            return sum(max(0, tp.offset) for tp in self.consumer.committed(self.tps, timeout=10))
-        return sum(self.consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self.tps)
+        from confluent_kafka import KafkaException
+
+        try:
+            if self.committed:
+                return sum(max(0, tp.offset) for tp in self.consumer.committed(self.tps, timeout=10))
+            return sum(self.consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self.tps)
+        except KafkaException:  # e.g. a topic just created whose leaders are not known everywhere yet
+            return 0
 
     def close(self) -> None:
         self.consumer.close()
@@ -266,7 +271,10 @@ def latency(args, model_dir: Path, work: Path, make_cmd, rate: float) -> dict:
         lat: list[tuple[float, float, float]] = []
         deadline = time.monotonic() + args.latency_seconds + 60
         while len(lat) < expected and time.monotonic() < deadline:
-            msgs = consumer.consume(1000, 0.05)
+            msgs = consumer.consume(1000, 0)  # (consume(n, timeout) would wait the whole timeout to fill n)
+            if not msgs:
+                first = consumer.poll(0.05)
+                msgs = [] if first is None else [first]
             now = time.time()
             for m in msgs:
                 if m.error() is None:
@@ -282,7 +290,7 @@ def latency(args, model_dir: Path, work: Path, make_cmd, rate: float) -> dict:
     total, sent = steady[:, 0], steady[:, 1]
     return {"rate": rate, "received": len(lat), "expected": expected, "p50_ms": float(np.percentile(total, 50)),
             "p99_ms": float(np.percentile(total, 99)), "max_ms": float(total.max()),
-            "sent_p99_ms": float(np.percentile(sent, 99))}
+            "sent_p50_ms": float(np.percentile(sent, 50)), "sent_p99_ms": float(np.percentile(sent, 99))}
 
 
 def restore(args, model, model_dir: Path, work: Path, make_cmd) -> dict:

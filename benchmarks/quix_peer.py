@@ -43,12 +43,12 @@ def main() -> int:
         feats = np.asarray(value["features"], np.float32)
         xs = feats[None] if feats.ndim == 1 else feats
         h = state.get("h")
-        s = initial[None] if h is None else np.frombuffer(h, np.float32)[None]
+        s = initial[None] if h is None else np.asarray(h, np.float32)[None]
         ys = []
         for x in xs:
             y, s = model.step(x[None], s)
             ys.append(y[0].tolist())
-        state.set("h", s[0].tobytes())
+        state.set("h", s[0].tolist())  # Quix's state store serialises values as JSON
         out = {"stream_id": value["stream_id"], "step": value["step"], "model": model.version}
         if feats.ndim == 1:
             out["prediction"] = ys[0]

@@ -135,9 +135,10 @@ def _row_texts(preds: np.ndarray) -> list[str]:
         a = np.abs(preds)
         low, high = _ORJSON_TEXT_RANGE
         if ((a >= low) & (a < high) | (a == 0)).all():  # the usual case (NaN and inf are not in it)
-            text = _orjson.dumps(np.ascontiguousarray(preds), option=_orjson.OPT_SERIALIZE_NUMPY)
-            rows = text[2:-2].decode("ascii").split("],[")
-            return rows if preds.shape[1] == 1 else [r.replace(",", ", ") for r in rows]
+            text = _orjson.dumps(np.ascontiguousarray(preds), option=_orjson.OPT_SERIALIZE_NUMPY)[2:-2].decode("ascii")
+            if preds.shape[1] == 1:
+                return text.split("],[")
+            return text.replace(",", ", ").split("], [")  # numpy's separator, then the rows
     text = preds.astype("U16")  # the longest float32 text, "-1.1754944e-38", has 14 characters
     if not np.isfinite(preds.sum(dtype=np.float64)):
         text[~np.isfinite(preds)] = "null"
