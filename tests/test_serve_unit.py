@@ -5,6 +5,8 @@ test_serve_recovery.py."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -350,3 +352,44 @@ def test_topic_names():
         Topics.named("grp", "events", output="events")
     with pytest.raises(UserError):
         Topics.named("grp", "bad topic")
+
+
+# --------------------------------------------------------------------------- librdkafka events
+
+
+def test_librdkafka_statistics_and_error_events_map_to_connections_lag_and_failures():
+    """What the confluent client makes of librdkafka's statistics (connections up, per-partition high
+    watermark or, under read_committed, last stable offset) and of its error events (all brokers down:
+    no connection; an authentication failure: fatal, raised on the main thread; anything else: counted)."""
+    confluent = pytest.importorskip("streamer.kafka.confluent")
+    from confluent_kafka import KafkaError
+    from prometheus_client import CollectorRegistry
+
+    from streamer.kafka.client import FatalClientError
+    from streamer.kafka.metrics import KafkaMetrics
+
+    metrics = KafkaMetrics(CollectorRegistry())
+    events = confluent._Events(metrics, "events", committed_reads=True)
+    stats = {"brokers": {"127.0.0.1:9092/bootstrap": {"source": "configured", "state": "UP"},
+                         "127.0.0.1:9092/1": {"source": "learned", "state": "UP"},
+                         "GroupCoordinator": {"source": "logical", "state": "UP"}},
+             "topics": {"events": {"partitions": {"0": {"hi_offset": 50, "ls_offset": 40},
+                                                  "1": {"hi_offset": -1, "ls_offset": -1},
+                                                  "-1": {"hi_offset": -1, "ls_offset": -1}}}}}
+    events.on_stats(json.dumps(stats))
+    assert events.connections == 2 and events.highwater == {0: 40}
+    events.on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "all down"))
+    assert events.down
+    stats["brokers"] = {k: {**v, "state": "DOWN"} for k, v in stats["brokers"].items()}
+    events.on_stats(json.dumps(stats))
+    assert events.down and events.connections == 0
+    events.on_error(KafkaError(KafkaError._MSG_TIMED_OUT, "timed out"))
+    assert metrics.errors.labels("poll")._value.get() == 1
+    events.raise_fatal()  # nothing fatal yet
+    events.on_error(KafkaError(KafkaError._AUTHENTICATION, "SASL authentication error: bad password"))
+    with pytest.raises(FatalClientError, match="_AUTHENTICATION"):
+        events.raise_fatal()
+    fenced = confluent.translate(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "no"), "poll")
+    assert fenced.fatal and fenced.kind == "poll" and fenced.name == "TOPIC_AUTHORIZATION_FAILED"
+    timeout = confluent.translate(KafkaError(KafkaError._TIMED_OUT, "slow"), "connect")
+    assert not timeout.fatal and type(timeout).__name__ == "ClientTimeout"
