@@ -286,6 +286,8 @@ def latency(args, model_dir: Path, work: Path, make_cmd, rate: float) -> dict:
         proc.stop()
         d.delete()
         inputs.delete()
+    if os.environ.get("BENCH_LATENCY_DUMP"):  # (seconds since start, total ms, ts -> sent ms) per prediction
+        np.savetxt(os.environ["BENCH_LATENCY_DUMP"], np.array(lat), fmt="%.4f")
     steady = np.array([(ms, sent) for t, ms, sent in lat if t >= 2.0])
     total, sent = steady[:, 0], steady[:, 1]
     return {"rate": rate, "received": len(lat), "expected": expected, "p50_ms": float(np.percentile(total, 50)),
