@@ -402,6 +402,14 @@ def _decode_bulk(messages: Sequence, feature_size: int,
     m = len(objs)
     if m == 0:
         return None, sorted(careful), parsed
+    events = _bulk_events(sids, steps, feats, chunked, flags, ts, idx, feature_size)
+    return events, sorted(careful), parsed
+
+
+def _bulk_events(sids: list, steps: list, feats: list, chunked: bool, flags: list, ts: list, idx: list | None,
+                 feature_size: int) -> Events:
+    """The `Events` of the bulk path's accepted columns (`idx`: their message indices; None: all)."""
+    m = len(sids)
     resets, ends = flags
     if steps.count(None) == m:
         step_arr = np.full(m, -1, np.int64)
@@ -409,7 +417,7 @@ def _decode_bulk(messages: Sequence, feature_size: int,
         step_arr = np.array(steps, dtype=np.int64)
     else:
         step_arr = np.array([-1 if s is None else s for s in steps], dtype=np.int64)
-    events = Events(
+    return Events(
         stream_ids=sids,
         steps=step_arr,
         counts=np.array(list(map(len, feats)), np.int64) if chunked else np.ones(m, np.int64),
@@ -420,7 +428,6 @@ def _decode_bulk(messages: Sequence, feature_size: int,
         features=_rows_to_float32(list(chain.from_iterable(feats)) if chunked else feats, feature_size),
         index=np.arange(m, dtype=np.int64) if idx is None else np.array(idx, dtype=np.int64),
     )
-    return events, sorted(careful), parsed
 
 
 def _features_keep(feats: list, feature_size: int, chunked: bool) -> list[bool] | None:
