@@ -215,7 +215,7 @@ def add_client_option(p) -> None:
         return text
 
     p.add_argument("--kafka-client", choices=CLIENT_NAMES, default=env_default("kafka_client", DEFAULT_CLIENT, name),
-                   help=f"Kafka client library: kafka-python (default; pure Python) or confluent (confluent-kafka on "
+                   help="Kafka client library: kafka-python (default; pure Python) or confluent (confluent-kafka on "
                         "librdkafka, several times faster; pip install 'rnn-streamer[confluent]') "
                         "[STREAMER_KAFKA_CLIENT]")
 
