@@ -138,8 +138,25 @@ def test_bad_events_go_to_the_dlq_with_their_source_and_the_good_ones_are_unharm
         assert sorted(codes) == sorted(["invalid_json", "wrong_feature_count", "missing_stream_id",
                                         "non_finite_features", "invalid_utf8", "not_an_object"])
         assert serve.metric("streamer_dead_letters_total") == len(bad)
+        # the client's view of the group: connected, both partitions owned, nothing left to read
+        deadline = time.monotonic() + 15
+        while not (serve.metric("streamer_kafka_connections") > 0 and
+                   _lag_series(serve) == {"0": 0.0, "1": 0.0}):
+            assert time.monotonic() < deadline, f"connections/lag not reported: {_lag_series(serve)}"
+            time.sleep(0.3)
     finally:
         assert serve.terminate() == 0
+
+
+def _lag_series(serve) -> dict[str, float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(serve.metrics_url() + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {s.labels["partition"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "streamer_kafka_consumer_lag_records"}
 
 
 def test_sigterm_checkpoints_commits_and_leaves_the_group(kafka_client, kafka_bootstrap, deployment, small_model,
