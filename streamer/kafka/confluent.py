@@ -52,13 +52,14 @@ FATAL_CODES = frozenset({
     KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
     KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
     KafkaError.UNSUPPORTED_VERSION, KafkaError._UNSUPPORTED_FEATURE, KafkaError._INVALID_ARG,
-    KafkaError.FENCED_INSTANCE_ID,
+    KafkaError.FENCED_INSTANCE_ID, KafkaError._FATAL,
 })
 # Connectivity: librdkafka reconnects by itself; the service sees these as connections() == 0.
 CONNECTION_CODES = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
 
 _error, _partition, _offset = Message.error, Message.partition, Message.offset
 _key, _value = Message.key, Message.value
+_NO_ERRORS = {type(None)}
 
 
 def translate(err, kind: str, what: str = "", topic: str | None = None) -> ClientError:
@@ -71,13 +72,20 @@ def translate(err, kind: str, what: str = "", topic: str | None = None) -> Clien
     name = err.name()
     message = f"{what}{name}: {err.str()}"
     kw = {"kind": kind, "name": name, "cause": err, "topic": topic}
-    if err.code() == KafkaError.FENCED_INSTANCE_ID:
+    if _fenced(err):
         return Fenced(message, **kw)
-    if err.code() in FATAL_CODES:
+    if err.code() in FATAL_CODES or err.fatal():
         return FatalClientError(message, **kw)
     if err.code() in (KafkaError._TIMED_OUT, KafkaError._MSG_TIMED_OUT) or err.code() in CONNECTION_CODES:
         return ClientTimeout(message, **kw)
     return ClientError(message, **kw)
+
+
+def _fenced(err: KafkaError) -> bool:
+    """A static member fenced by another with its group.instance.id: FENCED_INSTANCE_ID, or the consumer's
+    _FATAL error naming it (librdkafka reports the fatal error of a consumer that way)."""
+    return err.code() == KafkaError.FENCED_INSTANCE_ID or (err.code() == KafkaError._FATAL
+                                                           and "group.instance.id" in err.str())
 
 
 # --------------------------------------------------------------------------- settings
@@ -338,7 +346,9 @@ class ConfluentConsumer:
             raise translate(exc, "poll") from exc
         self._events.raise_fatal()
         errors = list(map(_error, msgs))
-        if errors.count(None) != len(msgs):
+        # (by type: KafkaError == None leaves a TypeError pending in confluent-kafka 2.x, which the next C call
+        # reports as a SystemError)
+        if set(map(type, errors)) != _NO_ERRORS:
             msgs = self._drop_errors(msgs, errors)
             if not msgs:
                 return None
@@ -410,7 +420,16 @@ class ConfluentConsumer:
         return None  # librdkafka manages its membership itself: nothing to watch
 
     def partition_count(self) -> int | None:
-        return self._events.partitions  # from the statistics: the metadata refreshed every metadata_max_age_ms
+        """From the statistics (each second: the metadata, refreshed every metadata_max_age_ms); until the first
+        arrive, from one metadata request."""
+        if self._events.partitions is None:
+            try:
+                t = self.raw.list_topics(self.topic, timeout=5).topics.get(self.topic)
+            except KafkaException as exc:
+                raise translate(exc, "poll", f"reading the metadata of {self.topic}: ") from exc
+            if t is not None and t.error is None and t.partitions:
+                self._events.partitions = len(t.partitions)
+        return self._events.partitions
 
     def close(self, leave: bool = False) -> None:
         """`leave`: a static member is removed from the group too (librdkafka never sends LeaveGroup for one)."""
@@ -581,8 +600,16 @@ class ConfluentReader:
             raise translate(exc, "restore") from exc
 
     def _has_records(self, topic: str, partition: int, deadline: float) -> bool:
-        low, high = self.raw.get_watermark_offsets(TopicPartition(topic, partition),
-                                                   timeout=max(1.0, deadline - time.monotonic()))
+        tp = TopicPartition(topic, partition)
+        try:
+            low, high = self.raw.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
+        except KafkaException as exc:
+            if not exc.args or exc.args[0].code() != KafkaError._UNKNOWN_PARTITION:
+                raise
+            # a partition added since this client's last metadata refresh (the changelog grew with the
+            # input): a metadata request for the topic updates its cache
+            self.raw.list_topics(topic, timeout=max(1.0, deadline - time.monotonic()))
+            low, high = self.raw.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
         return high > low
 
     @staticmethod

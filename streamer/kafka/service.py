@@ -305,7 +305,9 @@ class KafkaService:
             self._close_clients()
             return
         with self._lock:
-            if not self._needs_recovery and self._active:
+            if self._fenced:  # another process owns our partitions now: write nothing (it restored from the last)
+                self._drop(self._owned | self._active | self._pending | self._suspended)
+            elif not self._needs_recovery and self._active:
                 try:
                     self._checkpoint(wait=True)
                 except ClientError as exc:
