@@ -133,7 +133,9 @@ def producer_config(conn, t) -> dict:
 
 def reader_config(conn, t) -> dict:
     return {**_common(conn, t), "client.id": conn.client_id + "-restore",
-            "group.id": t.group_id + "-restore",  # required by the client; never joined, nothing committed
+            # required by the client, which looks its coordinator up (so a group without an ACL would fail): serve's
+            # own group, on which it has Read; never joined (assign only), nothing committed
+            "group.id": t.group_id,
             "enable.auto.commit": False, "enable.auto.offset.store": False, "enable.partition.eof": True,
             "isolation.level": "read_committed", "allow.auto.create.topics": False,
             "max.partition.fetch.bytes": 16 << 20, "fetch.max.bytes": 64 << 20,
@@ -271,6 +273,7 @@ class ConfluentConsumer:
         self._reset = ck.OFFSET_END if auto_offset_reset == "latest" else ck.OFFSET_BEGINNING
         self._events = events or _Events(topic=topic)
         self._leave = leave
+        self._joined = False  # a member of the group once (only then is there a membership to leave)
         self._listener = None
         self._assignment: set[int] = set()
         self._paused: set[int] = set()
@@ -298,6 +301,7 @@ class ConfluentConsumer:
             raise translate(exc, "connect") from exc
 
     def _on_assign(self, consumer, tps) -> None:
+        self._joined = True
         self.raw.incremental_assign(tps)
         self._assignment |= self._parts(tps)
         self._listener.assigned(set(self._assignment))
@@ -437,7 +441,7 @@ class ConfluentConsumer:
             self.raw.close()
         except (KafkaException, RuntimeError) as exc:
             raise translate(exc, "poll") from exc
-        if leave and self._leave is not None:
+        if leave and self._leave is not None and self._joined:
             try:
                 self._leave()
             except Exception as exc:  # noqa: BLE001 - the partitions then move after the session timeout
