@@ -98,3 +98,24 @@ def test_membership_and_routing_flags(monkeypatch):
     monkeypatch.setenv("STREAMER_INSTANCE_ID", "pod-3")
     args = build_parser().parse_args(base)
     assert args.on_key_mismatch == "reject" and args.instance_id == "pod-3"
+
+
+def test_group_health_counts_outages_replaces_stuck_members_and_forgives_one_fence_after_an_outage(caplog):
+    from streamer.kafka.health import OUTAGE_MARGIN_S, GroupHealth
+
+    metrics = KafkaMetrics(CollectorRegistry())
+    health = GroupHealth(metrics, session_timeout_s=6.0, stuck_after_s=20.0)
+    assert not health.fence_after_outage(0.0)  # no outage seen: a fence is another process
+    with caplog.at_level("INFO", logger="streamer.serve"):
+        for t, count in enumerate([2, 0, 0, 0, 1]):
+            health.connections(count, float(t))
+    assert metrics.errors.labels("connect")._value.get() == 1  # one outage, counted once
+    assert metrics.connections._value.get() == 1
+    assert "no connection to any broker" in caplog.text and "brokers reachable again" in caplog.text
+    assert health.fence_after_outage(3.0 + 6.0 + OUTAGE_MARGIN_S - 1)  # librdkafka's own stale membership
+    assert not health.fence_after_outage(3.0 + 6.0 + OUTAGE_MARGIN_S - 1)  # once per outage
+    health.connections(0, 100.0)
+    assert not health.fence_after_outage(100.0 + 6.0 + OUTAGE_MARGIN_S + 1)  # too long after it
+    assert not health.stuck(None, 0.0) and not health.stuck(False, 1.0) and not health.stuck(False, 20.0)
+    assert health.stuck(False, 21.5) and not health.stuck(False, 22.0)  # replaced: the clock starts again
+    assert not health.stuck(True, 50.0)

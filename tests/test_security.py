@@ -168,7 +168,7 @@ def _serve_and_check(broker, model, deployment, tmp_path, *extra, env=None, exac
 
 
 def test_serve_at_least_once_as_the_least_privilege_user_on_the_acls_kafka_sh_made(kafka_client, broker, model,
-                                                                                    tmp_path):
+                                                                                   tmp_path):
     """The ACLs are for the default names: the second client's run serves new streams on the same topics and
     group (and restores what the first one checkpointed)."""
     created = broker.streamer("topics", "create", "--partitions", "2", "--kafka-client", kafka_client, user="admin")
@@ -260,7 +260,7 @@ def test_a_topic_or_group_without_acl_is_named_with_the_missing_operation(kafka_
 
 
 def test_plaintext_against_the_tls_port_or_an_unknown_ca_says_tls_failed_and_which_file(kafka_client, broker, model,
-                                                                                       tmp_path):
+                                                                                        tmp_path):
     line = _serve_fails(broker, model, password="", flags=["--bootstrap-servers", broker.bootstrap],
                         client=kafka_client)
     assert "TLS failed" in line and "expects TLS (SASL_SSL)" in line and "--ssl-cafile" in line

@@ -43,8 +43,8 @@ def _wait_committed(bootstrap, d, serve, timeout_s=60.0):
         time.sleep(0.3)
 
 
-def test_kcat_default_partitioner_splits_streams_and_serve_says_so(kafka_client, kafka_bootstrap, kafka_admin, small_model,
-                                                                   tmp_path):
+def test_kcat_default_partitioner_splits_streams_and_serve_says_so(kafka_client, kafka_bootstrap, kafka_admin,
+                                                                   small_model, tmp_path):
     model, model_dir = small_model
     hs.need_kcat()
     d = Deployment("route", N)

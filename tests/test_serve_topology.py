@@ -39,8 +39,8 @@ def _streams_on_new_partitions(n_old: int, n_new: int, count: int):
     return {sid: x for sid, x in seqs.items() if murmur2_partition(sid.encode(), n_new) >= n_old}
 
 
-def test_added_partitions_are_served_after_the_changelog_gets_them(kafka_client, kafka_bootstrap, kafka_admin, small_model,
-                                                                   tmp_path):
+def test_added_partitions_are_served_after_the_changelog_gets_them(kafka_client, kafka_bootstrap, kafka_admin,
+                                                                   small_model, tmp_path):
     model, model_dir = small_model
     d = _deployment(kafka_admin, 2)
     serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, "--create-topics", client=kafka_client, name="grow")
@@ -75,8 +75,8 @@ def test_added_partitions_are_served_after_the_changelog_gets_them(kafka_client,
         d.delete(kafka_admin)
 
 
-def test_added_partitions_without_create_topics_stop_serve_with_one_clear_line(kafka_client, kafka_bootstrap, kafka_admin,
-                                                                               small_model, tmp_path):
+def test_added_partitions_without_create_topics_stop_serve_with_one_clear_line(kafka_client, kafka_bootstrap,
+                                                                               kafka_admin, small_model, tmp_path):
     _, model_dir = small_model
     d = _deployment(kafka_admin, 2)
     serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, client=kafka_client, name="grow-refused")

@@ -293,6 +293,22 @@ def test_connection_settings_map_to_kafka_python_and_refuse_bad_combinations(tmp
     assert kafka_python.producer_kwargs(conn, tuning)["transactional_id"] == "t-1"
     assert kafka_python.consumer_kwargs(conn, ClientTuning())["isolation_level"] == "read_uncommitted"
     assert "transactional_id" not in kafka_python.producer_kwargs(conn, ClientTuning())
+    static = ClientTuning(group_instance_id="member-1", metadata_max_age_ms=4000, max_request_size=1 << 20)
+    assert kafka_python.consumer_kwargs(conn, static)["group_instance_id"] == "member-1"
+    assert kafka_python.consumer_kwargs(conn, static)["metadata_max_age_ms"] == 4000
+    assert kafka_python.producer_kwargs(conn, static)["max_request_size"] == 1 << 20
+
+
+def test_kafka_python_errors_translate_to_client_errors():
+    from kafka.errors import FencedInstanceIdError, GroupAuthorizationFailedError, KafkaTimeoutError
+
+    from streamer.kafka.client import ClientTimeout, FatalClientError, Fenced
+
+    assert isinstance(kafka_python.translate(FencedInstanceIdError(), "poll"), Fenced)
+    refused = kafka_python.translate(GroupAuthorizationFailedError("grp"), "poll")
+    assert type(refused) is FatalClientError and refused.name == "GroupAuthorizationFailedError"
+    assert isinstance(refused.cause, GroupAuthorizationFailedError)  # what streamer.kafka.failures reads
+    assert type(kafka_python.translate(KafkaTimeoutError("slow"), "connect")) is ClientTimeout
 
 
 def test_connection_settings_map_to_librdkafka(tmp_path):
@@ -321,6 +337,12 @@ def test_connection_settings_map_to_librdkafka(tmp_path):
     assert confluent.consumer_config(conn, alo)["isolation.level"] == "read_uncommitted"
     assert "transactional.id" not in confluent.producer_config(conn, alo)
     assert "group.instance.id" not in confluent.consumer_config(conn, alo)
+    for config in (confluent.consumer_config(conn, alo), confluent.producer_config(conn, alo)):
+        assert config["topic.metadata.refresh.interval.ms"] == 5000  # added partitions seen in seconds
+    assert confluent.producer_config(conn, alo)["message.max.bytes"] == alo.max_request_size
+    assert confluent.reader_config(conn, alo)["group.id"] == alo.group_id  # (a group serve has an ACL for)
+    assert "debug" not in confluent.consumer_config(conn, alo)
+    assert confluent.consumer_config(conn, ClientTuning(client_debug=True))["debug"] == "generic,broker,security,conf"
 
 
 def test_an_unknown_kafka_client_from_the_environment_is_a_clear_error(monkeypatch):
@@ -365,15 +387,15 @@ def test_librdkafka_statistics_and_error_events_map_to_connections_lag_and_failu
     """What the confluent client makes of librdkafka's statistics (connections up, per-partition high
     watermark or, under read_committed, last stable offset) and of its error events (all brokers down:
     no connection; an authentication failure: fatal, raised on the main thread; anything else: counted)."""
-    confluent = pytest.importorskip("streamer.kafka.confluent")
+    rdkafka = pytest.importorskip("streamer.kafka.rdkafka")
     from confluent_kafka import KafkaError
     from prometheus_client import CollectorRegistry
 
-    from streamer.kafka.client import FatalClientError
+    from streamer.kafka.client import FatalClientError, Fenced
     from streamer.kafka.metrics import KafkaMetrics
 
     metrics = KafkaMetrics(CollectorRegistry())
-    events = confluent._Events(metrics, "events", committed_reads=True)
+    events = rdkafka._Events(metrics, "events", committed_reads=True)
     stats = {"brokers": {"127.0.0.1:9092/bootstrap": {"source": "configured", "state": "UP"},
                          "127.0.0.1:9092/1": {"source": "learned", "state": "UP"},
                          "GroupCoordinator": {"source": "logical", "state": "UP"}},
@@ -382,6 +404,7 @@ def test_librdkafka_statistics_and_error_events_map_to_connections_lag_and_failu
                                                   "-1": {"hi_offset": -1, "ls_offset": -1}}}}}
     events.on_stats(json.dumps(stats))
     assert events.connections == 2 and events.highwater == {0: 40}
+    assert events.partitions == 2  # the topic's partitions in the client's metadata (-1: unassigned messages)
     events.on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "all down"))
     assert events.down
     stats["brokers"] = {k: {**v, "state": "DOWN"} for k, v in stats["brokers"].items()}
@@ -393,7 +416,45 @@ def test_librdkafka_statistics_and_error_events_map_to_connections_lag_and_failu
     events.on_error(KafkaError(KafkaError._AUTHENTICATION, "SASL authentication error: bad password"))
     with pytest.raises(FatalClientError, match="_AUTHENTICATION"):
         events.raise_fatal()
-    fenced = confluent.translate(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "no"), "poll")
-    assert fenced.fatal and fenced.kind == "poll" and fenced.name == "TOPIC_AUTHORIZATION_FAILED"
-    timeout = confluent.translate(KafkaError(KafkaError._TIMED_OUT, "slow"), "connect")
+    refused = rdkafka.translate(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "no"), "poll", topic="events")
+    assert refused.fatal and refused.kind == "poll" and refused.name == "TOPIC_AUTHORIZATION_FAILED"
+    assert refused.topic == "events" and refused.cause.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    timeout = rdkafka.translate(KafkaError(KafkaError._TIMED_OUT, "slow"), "connect")
     assert not timeout.fatal and type(timeout).__name__ == "ClientTimeout"
+    # a fenced static member: FENCED_INSTANCE_ID, or the consumer's _FATAL error that names it
+    for err in (KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced"),
+                KafkaError(KafkaError._FATAL, "Fatal error: Broker: Static consumer fenced by other consumer with "
+                                              "same group.instance.id", fatal=True)):
+        assert isinstance(rdkafka.translate(err, "poll"), Fenced)
+    assert type(rdkafka.translate(KafkaError(KafkaError._FATAL, "other", fatal=True), "poll")) is FatalClientError
+
+
+def test_librdkafka_error_events_are_explained_in_one_line_and_probed_only_while_starting():
+    """With the factory (`Clients.explain`), an error event that retrying cannot fix becomes the one-line
+    UserError of streamer.kafka.failures, raised on the main thread; a transport error is probed (one
+    connection the client's way) only while serve starts, and at most every PROBE_EVERY_S."""
+    rdkafka = pytest.importorskip("streamer.kafka.rdkafka")
+    from confluent_kafka import KafkaError
+
+    from streamer.kafka import acls
+    from streamer.kafka.client import make_clients
+
+    conn = Connection("127.0.0.1:1", "SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="svc",
+                      sasl_password="s3cret").validate()
+    needs = acls.serve_needs(Topics.named("grp", "events"), "grp")
+    clients = make_clients("confluent", conn, ClientTuning(group_id="grp"), "events", needs=needs)
+    probed = []
+    clients.explain = lambda err, probe: probed.append(probe) or type(clients).explain(clients, err, probe=False)
+    events = rdkafka._Events(clients=clients)
+    events.on_error(KafkaError(KafkaError._TRANSPORT, "connection refused"))
+    events.on_error(KafkaError(KafkaError._TRANSPORT, "connection refused"))
+    assert probed == [True, False] and events.fatal is None  # probed once, then waited out
+    clients.serving()
+    events._probed = -1e9
+    events.on_error(KafkaError(KafkaError._TRANSPORT, "connection refused"))
+    assert probed[-1] is False
+    events.on_error(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "Broker: Group authorization failed"))
+    with pytest.raises(UserError, match=r"^not authorized: User:svc may not Read on group grp "
+                                        r"\(GROUP_AUTHORIZATION_FAILED\); grant it"):
+        events.raise_fatal()
+    assert "s3cret" not in str(events.fatal)

@@ -21,9 +21,7 @@ DEFAULT_METRICS_PORT = 8000
 
 def register(subparsers) -> None:
     from streamer.cli import env_default
-    from streamer.config import KEY_MISMATCH_POLICIES
     from streamer.kafka.config import COMPRESSION_TYPES, add_client_option, add_connection_options, add_topic_options
-    from streamer.kafka.restore import MODEL_CHANGE_POLICIES
 
     p = subparsers.add_parser(
         "serve",
@@ -59,57 +57,8 @@ def register(subparsers) -> None:
                    help="replication factor of created topics (default -1: the broker's default) "
                         "[STREAMER_REPLICATION_FACTOR]")
 
-    g = p.add_argument_group("delivery and state")
-    g.add_argument("--exactly-once", action="store_true", default=env_default("exactly_once", False, _flag),
-                   help="predictions, dead letters, changelog records and input offsets in one transaction per "
-                        "checkpoint; read them with isolation.level=read_committed [STREAMER_EXACTLY_ONCE=1]")
-    g.add_argument("--transactional-id", metavar="ID", default=env_default("transactional_id", None),
-                   help="--exactly-once: this instance's transactional.id, stable across its restarts and unique "
-                        "per instance; default streamer-<group>-<input>-<hostname> [STREAMER_TRANSACTIONAL_ID]")
-    g.add_argument("--transaction-timeout-ms", type=_int_at_least(1000), metavar="MS",
-                   default=env_default("transaction_timeout_ms", 10000, _int_at_least(1000)),
-                   help="--exactly-once: the broker aborts a transaction left open this long by a dead instance "
-                        "(default 10000) [STREAMER_TRANSACTION_TIMEOUT_MS]")
-    g.add_argument("--checkpoint-interval", type=_seconds, metavar="SECONDS",
-                   default=env_default("checkpoint_interval", None, _seconds),
-                   help="seconds between checkpoints: changelog + offsets (at most this much input is replayed "
-                        "after a crash), or one transaction commit under --exactly-once (then also how long "
-                        "predictions wait to become visible to read_committed readers); default 5, or 1 with "
-                        "--exactly-once [STREAMER_CHECKPOINT_INTERVAL]")
-    g.add_argument("--checkpoint-timeout", type=_seconds, metavar="SECONDS",
-                   default=env_default("checkpoint_timeout", 30.0, _seconds),
-                   help="how long a produced record may wait for the broker (delivery.timeout.ms): shorter "
-                        "broker outages are waited out; after a longer one the checkpoint fails and serve rewinds "
-                        "to the previous one and replays (default 30) [STREAMER_CHECKPOINT_TIMEOUT]")
-    g.add_argument("--on-model-change", choices=MODEL_CHANGE_POLICIES,
-                   default=env_default("on_model_change", "reset"),
-                   help="checkpointed state made by another model version: reset (default: start those streams "
-                        "from the initial state, keep their step counters) or refuse (exit 2) "
-                        "[STREAMER_ON_MODEL_CHANGE]")
-
-    g = p.add_argument_group("group membership and routing")
-    g.add_argument("--instance-id", metavar="ID", default=env_default("instance_id", None),
-                   help="static group membership (group.instance.id): stable across this instance's restarts and "
-                        "unique per instance, so a restarted instance gets its partitions back at once instead of "
-                        "after --session-timeout-ms; default streamer-<group>-<input>-<hostname> "
-                        "[STREAMER_INSTANCE_ID]")
-    g.add_argument("--dynamic-membership", action="store_true",
-                   default=env_default("dynamic_membership", False, _flag),
-                   help="join as a dynamic member (no --instance-id): for hosts without a stable name; a dead "
-                        "instance's partitions then wait for the session timeout [STREAMER_DYNAMIC_MEMBERSHIP=1]")
-    g.add_argument("--stay-in-group", action="store_true", default=env_default("stay_in_group", False, _flag),
-                   help="on SIGTERM keep this static member's partitions until --session-timeout-ms instead of "
-                        "leaving the group: a restart within that time gets them back without any rebalance "
-                        "(rolling restarts); a scale-down leaves them unserved until then [STREAMER_STAY_IN_GROUP=1]")
-    g.add_argument("--on-key-mismatch", choices=KEY_MISMATCH_POLICIES,
-                   default=env_default("on_key_mismatch", "accept"),
-                   help="a message whose key is missing or is not its stream_id: accept (default: serve it; "
-                        "counted in streamer_key_mismatch_total and logged) or reject (dead letter key_mismatch) "
-                        "[STREAMER_ON_KEY_MISMATCH]")
-    g.add_argument("--metadata-max-age-ms", type=_int_at_least(100), metavar="MS",
-                   default=env_default("metadata_max_age_ms", 5000, _int_at_least(100)),
-                   help="refresh the input topic's metadata this often, so that added partitions are noticed "
-                        "(default 5000) [STREAMER_METADATA_MAX_AGE_MS]")
+    _add_delivery_options(p)
+    _add_membership_options(p)
 
     g = p.add_argument_group("consumer and producer tuning")
     g.add_argument("--poll-max-records", type=_int_at_least(1), metavar="N",
@@ -149,6 +98,70 @@ def register(subparsers) -> None:
     add_engine_options(p)
     add_metrics_options(p, default_port=DEFAULT_METRICS_PORT)
     p.set_defaults(func=run)
+
+
+def _add_delivery_options(p) -> None:
+    """Delivery (at-least-once or exactly-once), checkpoints and model changes."""
+    from streamer.cli import env_default
+    from streamer.kafka.restore import MODEL_CHANGE_POLICIES
+
+    g = p.add_argument_group("delivery and state")
+    g.add_argument("--exactly-once", action="store_true", default=env_default("exactly_once", False, _flag),
+                   help="predictions, dead letters, changelog records and input offsets in one transaction per "
+                        "checkpoint; read them with isolation.level=read_committed [STREAMER_EXACTLY_ONCE=1]")
+    g.add_argument("--transactional-id", metavar="ID", default=env_default("transactional_id", None),
+                   help="--exactly-once: this instance's transactional.id, stable across its restarts and unique "
+                        "per instance; default streamer-<group>-<input>-<hostname> [STREAMER_TRANSACTIONAL_ID]")
+    g.add_argument("--transaction-timeout-ms", type=_int_at_least(1000), metavar="MS",
+                   default=env_default("transaction_timeout_ms", 10000, _int_at_least(1000)),
+                   help="--exactly-once: the broker aborts a transaction left open this long by a dead instance "
+                        "(default 10000) [STREAMER_TRANSACTION_TIMEOUT_MS]")
+    g.add_argument("--checkpoint-interval", type=_seconds, metavar="SECONDS",
+                   default=env_default("checkpoint_interval", None, _seconds),
+                   help="seconds between checkpoints: changelog + offsets (at most this much input is replayed "
+                        "after a crash), or one transaction commit under --exactly-once (then also how long "
+                        "predictions wait to become visible to read_committed readers); default 5, or 1 with "
+                        "--exactly-once [STREAMER_CHECKPOINT_INTERVAL]")
+    g.add_argument("--checkpoint-timeout", type=_seconds, metavar="SECONDS",
+                   default=env_default("checkpoint_timeout", 30.0, _seconds),
+                   help="how long a produced record may wait for the broker (delivery.timeout.ms): shorter "
+                        "broker outages are waited out; after a longer one the checkpoint fails and serve rewinds "
+                        "to the previous one and replays (default 30) [STREAMER_CHECKPOINT_TIMEOUT]")
+    g.add_argument("--on-model-change", choices=MODEL_CHANGE_POLICIES,
+                   default=env_default("on_model_change", "reset"),
+                   help="checkpointed state made by another model version: reset (default: start those streams "
+                        "from the initial state, keep their step counters) or refuse (exit 2) "
+                        "[STREAMER_ON_MODEL_CHANGE]")
+
+
+def _add_membership_options(p) -> None:
+    """Static membership (streamer.kafka.membership), keys and partitions (streamer.kafka.routing, topology)."""
+    from streamer.cli import env_default
+    from streamer.config import KEY_MISMATCH_POLICIES
+
+    g = p.add_argument_group("group membership and routing")
+    g.add_argument("--instance-id", metavar="ID", default=env_default("instance_id", None),
+                   help="static group membership (group.instance.id): stable across this instance's restarts and "
+                        "unique per instance, so a restarted instance gets its partitions back at once instead of "
+                        "after --session-timeout-ms; default streamer-<group>-<input>-<hostname> "
+                        "[STREAMER_INSTANCE_ID]")
+    g.add_argument("--dynamic-membership", action="store_true",
+                   default=env_default("dynamic_membership", False, _flag),
+                   help="join as a dynamic member (no --instance-id): for hosts without a stable name; a dead "
+                        "instance's partitions then wait for the session timeout [STREAMER_DYNAMIC_MEMBERSHIP=1]")
+    g.add_argument("--stay-in-group", action="store_true", default=env_default("stay_in_group", False, _flag),
+                   help="on SIGTERM keep this static member's partitions until --session-timeout-ms instead of "
+                        "leaving the group: a restart within that time gets them back without any rebalance "
+                        "(rolling restarts); a scale-down leaves them unserved until then [STREAMER_STAY_IN_GROUP=1]")
+    g.add_argument("--on-key-mismatch", choices=KEY_MISMATCH_POLICIES,
+                   default=env_default("on_key_mismatch", "accept"),
+                   help="a message whose key is missing or is not its stream_id: accept (default: serve it; "
+                        "counted in streamer_key_mismatch_total and logged) or reject (dead letter key_mismatch) "
+                        "[STREAMER_ON_KEY_MISMATCH]")
+    g.add_argument("--metadata-max-age-ms", type=_int_at_least(100), metavar="MS",
+                   default=env_default("metadata_max_age_ms", 5000, _int_at_least(100)),
+                   help="refresh the input topic's metadata this often, so that added partitions are noticed "
+                        "(default 5000) [STREAMER_METADATA_MAX_AGE_MS]")
 
 
 def run(args) -> int:

@@ -12,9 +12,10 @@ Fatal (retrying cannot fix them: the command stops with the line and exit code 2
 Not fatal (None): a broker that is down or unreachable, time-outs, leader changes, anything else.
 
 Both client libraries: kafka-python exceptions (kafka.errors) and confluent-kafka errors (`KafkaError`, or a
-`KafkaException` carrying one), also as the `cause` of a `streamer.kafka.client.ClientError`, told apart by their `name()` codes (_AUTHENTICATION, SASL_AUTHENTICATION_FAILED,
-TOPIC_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED, TRANSACTIONAL_ID_AUTHORIZATION_FAILED, _SSL,
-_TRANSPORT, ...) without importing confluent_kafka. Where a client can only say that it cannot get through
+`KafkaException` carrying one), also as the `cause` of a `streamer.kafka.client.ClientError`, told apart by
+their `name()` codes (_AUTHENTICATION, SASL_AUTHENTICATION_FAILED, TOPIC_AUTHORIZATION_FAILED,
+GROUP_AUTHORIZATION_FAILED, TRANSACTIONAL_ID_AUTHORIZATION_FAILED, _SSL, _TRANSPORT, ...) without importing
+confluent_kafka. Where a client can only say that it cannot get through
 (kafka-python reports a wrong password or a TLS mismatch as a bootstrap time-out; librdkafka reports some of
 them as a transport error), `streamer.kafka.probe` connects once the way the client would and says which.
 

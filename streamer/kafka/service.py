@@ -55,6 +55,7 @@ from streamer import limits, schema
 from streamer.errors import UserError
 from streamer.kafka.checkpoint import Checkpoint
 from streamer.kafka.client import Batch, ClientError, ClientTimeout, FatalClientError, Fenced
+from streamer.kafka.health import GroupHealth
 from streamer.kafka.restore import Restorer
 from streamer.kafka.routing import PartitionerCheck
 from streamer.kafka.topics import Topics
@@ -145,8 +146,9 @@ class KafkaService:
         self._needs_recovery = False
         self._fenced = False
         self._resetting = False  # replacing a stuck consumer: callbacks do nothing
-        self._unstable_since: float | None = None
-        self._disconnected_since: float | None = None
+        t = clients.tuning
+        self.health = GroupHealth(metrics, t.session_timeout_ms / 1000,
+                                  stuck_after_s=(t.max_poll_interval_ms + t.session_timeout_ms) / 1000)
         self._abandoned: list = []  # producers whose records never resolved (closing them would block)
         self._last_lag = 0.0
         self._checkpoint_started = 0.0
@@ -201,6 +203,9 @@ class KafkaService:
                         self.topology.observe(self.consumer.partition_count())
                     backoff.reset()
                 except FATAL_ERRORS as exc:
+                    if isinstance(exc, Fenced) and self.health.fence_after_outage(time.monotonic()):
+                        self._replace_consumer()  # (librdkafka's own stale member id: see streamer.kafka.health)
+                        continue
                     self._fenced = isinstance(exc, Fenced)  # another process is this member now
                     raise
                 except ClientError as exc:
@@ -248,42 +253,25 @@ class KafkaService:
         return True
 
     def _watch_connections(self, stop: threading.Event) -> None:
-        """Thread: export the consumer's connection count each second (the main thread may be waiting on
-        the broker); a drop to none is a broker outage: counted once and logged."""
+        """Thread: the consumer's connection count each second (the main thread may be waiting on the broker)."""
         while not stop.wait(1.0):
             consumer = self.consumer
             try:
                 count = consumer.connections()
             except Exception:  # noqa: BLE001 - closed or being replaced
                 continue
-            if count is None:
-                continue
-            self.metrics.connections.set(count)
-            now = time.monotonic()
-            if count == 0 and self._disconnected_since is None:
-                self._disconnected_since = now
-                self.metrics.error("connect")
-                log.warning("no connection to any broker; retrying (processing resumes when they are back)")
-            elif count > 0 and self._disconnected_since is not None:
-                log.info("brokers reachable again after %.1fs", now - self._disconnected_since)
-                self._disconnected_since = None
+            self.health.connections(count, time.monotonic())
 
     def _watch_group(self, now: float) -> None:
-        """Replace a consumer that stays outside a stable group longer than any rebalance may take (the
-        broker's rebalance timeout is our max.poll.interval.ms): it is stuck, and the group has moved on.
-        (kafka-python 3.0.12; librdkafka manages its membership itself and reports no state here.)"""
-        if self.consumer.group_stable() in (True, None):
-            self._unstable_since = None
-            return
-        if self._unstable_since is None:
-            self._unstable_since = now
-            return
-        t = self.clients.tuning
-        if now - self._unstable_since < (t.max_poll_interval_ms + t.session_timeout_ms) / 1000:
-            return
-        log.error("the consumer has not been a stable group member for %.0fs; replacing it", now - self._unstable_since)
+        """Replace a consumer that is stuck outside a stable group (`GroupHealth.stuck`)."""
+        if self.health.stuck(self.consumer.group_stable(), now):
+            self._replace_consumer()
+
+    def _replace_consumer(self) -> None:
+        """A new consumer (same settings, same group.instance.id) in place of one that is stuck or was fenced by
+        its own stale membership: every partition is dropped unwritten (the group has moved on) and restored
+        once assigned again."""
         self.metrics.error("group")
-        self._unstable_since = None
         with self._lock:
             self._resetting = True
             self._drop(self._owned | self._active | self._pending | self._suspended)
@@ -294,7 +282,7 @@ class KafkaService:
         try:
             self.consumer.close()
         except Exception as exc:  # noqa: BLE001
-            log.debug("closing the stuck consumer: %s", exc)
+            log.debug("closing the replaced consumer: %s", exc)
         finally:
             self._resetting = False
         self.consumer = self.clients.consumer()
