@@ -23,7 +23,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 RUN mkdir -p models streamer \
  && touch models/__init__.py streamer/__init__.py \
- && pip install . \
+ && pip install ".[confluent]" \
  && pip uninstall -y rnn-streamer \
  && rm -rf build models streamer ./*.egg-info
 

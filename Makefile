@@ -6,12 +6,12 @@ STAMP  := $(VENV)/.installed
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
-.PHONY: install demo test test-unit kafka-up kafka-down prometheus kcat bench clean
+.PHONY: install demo test test-unit kafka-up kafka-down prometheus kcat bench bench-kafka clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,confluent]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -49,5 +49,12 @@ bench: install
 	$(PY) benchmarks/bench_step.py
 	$(PY) benchmarks/bench_engine.py
 
+# Kafka serving with both clients and the Quix Streams peer (its own virtualenv, .bench-venv), on the
+# local broker (started here unless KAFKA_BOOTSTRAP_SERVERS is set). BENCH_ARGS: e.g. --rounds 3.
+bench-kafka: install
+	$(PY) benchmarks/bench_kafka.py --make-peer-venv
+	@if [ -z "$${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then bash deploy/kafka-local/kafka.sh up; fi
+	KAFKA_BOOTSTRAP_SERVERS=$${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$(KAFKA_PORT)} $(PY) benchmarks/bench_kafka.py $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) runs artifacts .kafka .pytest_cache
+	rm -rf $(VENV) .bench-venv runs artifacts .kafka .pytest_cache

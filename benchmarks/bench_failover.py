@@ -11,7 +11,10 @@ the same command is started again at once. Two figures from the restart's Popen:
 With --dynamic, one more round with --dynamic-membership shows what the restart costs without static
 membership (the broker keeps the dead member's partitions until its session times out).
 
+`--kafka-client kafka-python|confluent` picks serve's client (the default kafka-python).
+
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 python benchmarks/bench_failover.py [--rounds 5] [--exactly-once] [--dynamic]
+        [--kafka-client confluent]
 """
 
 from __future__ import annotations
@@ -32,9 +35,8 @@ from pathlib import Path  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import bench_kafka  # noqa: E402
 from bench_engine import qa_step_model  # noqa: E402
-from bench_kafka import Deployment, Serve, events, produce  # noqa: E402
+from kafka_bench_support import Deployment, Proc, events  # noqa: E402
 
 
 def _output_end(consumer, topic: str) -> int:
@@ -44,31 +46,38 @@ def _output_end(consumer, topic: str) -> int:
     return sum(consumer.end_offsets(tps).values())
 
 
+def _serve(model_dir: Path, d: Deployment, work: Path, client: str, flags: list[str]) -> Proc:
+    """`streamer serve` with its own defaults (session timeout 45 s...) on deployment `d`."""
+    return Proc([sys.executable, "-m", "streamer", "serve", "--model", str(model_dir), *d.serve_args(),
+                 "--metrics-port", "0", "--kafka-client", client, *flags], work)
+
+
 def _round(args, model_dir: Path, work: Path, extra: list[str]) -> dict:
     from kafka import KafkaConsumer
 
-    d = Deployment(args.bootstrap, args.partitions)
+    inputs = Deployment(args.bootstrap, args.partitions)
+    d = inputs.run()
     isolation = "read_committed" if args.exactly_once else "read_uncommitted"
     reader = KafkaConsumer(bootstrap_servers=args.bootstrap, isolation_level=isolation)
     flags = [*extra, *(["--exactly-once", "--transactional-id", f"bench-{uuid.uuid4().hex[:8]}"]
                        if args.exactly_once else [])]
     first = second = None
     try:
-        first = Serve(model_dir, d, work, *flags)
+        first = _serve(model_dir, d, work, args.kafka_client, flags)
         first.wait_ready()
-        produce(args.bootstrap, d.names.input, events(args.streams, 10))
-        while _output_end(reader, d.names.output) < args.streams * 10:
+        d.produce(events(args.streams, 10))
+        while _output_end(reader, d.output) < args.streams * 10:
             time.sleep(0.05)
         time.sleep(6 if not args.exactly_once else 2)  # a checkpoint (5 s / 1 s)
-        before = _output_end(reader, d.names.output)
+        before = _output_end(reader, d.output)
         first.proc.kill()
         first.proc.wait()
-        second = Serve(model_dir, d, work, *flags)
+        second = _serve(model_dir, d, work, args.kafka_client, flags)
         t0 = second.started
         probe = json.dumps({"stream_id": "s00000", "step": 10, "features": [0.1] * 5}).encode()
-        produce(args.bootstrap, d.names.input, [(b"s00000", probe)])
+        d.produce([(b"s00000", probe)])
         ready = second.wait_ready(timeout_s=120) - t0
-        while _output_end(reader, d.names.output) <= before:
+        while _output_end(reader, d.output) <= before:
             time.sleep(0.01)
         answered = time.perf_counter() - t0
         restored = sum(int(n) for n in __import__("re").findall(r"restored (\d+) streams", second.log()))
@@ -79,6 +88,7 @@ def _round(args, model_dir: Path, work: Path, extra: list[str]) -> dict:
                 s.stop()
         reader.close()
         d.delete()
+        inputs.delete()
 
 
 def main() -> int:
@@ -89,8 +99,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--exactly-once", action="store_true")
     p.add_argument("--dynamic", action="store_true", help="also one round without static membership (~45 s)")
+    p.add_argument("--kafka-client", choices=("kafka-python", "confluent"), default="kafka-python")
     args = p.parse_args()
-    bench_kafka.SERVE_FLAGS.clear()  # serve's own defaults: session timeout 45 s
     model = qa_step_model()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
@@ -99,7 +109,8 @@ def main() -> int:
         model.save(model_dir)
         mode = "exactly-once" if args.exactly_once else "at-least-once"
         print(f"bench_failover: broker {args.bootstrap}, {args.partitions} partitions, {args.streams} streams with "
-              f"state, {mode}, serve defaults (session timeout 45 s); load average {load:.2f}", flush=True)
+              f"state, {mode}, serve defaults (session timeout 45 s), --kafka-client {args.kafka_client}; load "
+              f"average {load:.2f}", flush=True)
         static = [_round(args, model_dir, work, ["--instance-id", f"bench-{uuid.uuid4().hex[:8]}"])
                   for _ in range(args.rounds)]
         for name in ("ready_s", "first_prediction_s"):

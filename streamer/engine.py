@@ -53,6 +53,11 @@ from streamer.schema import Events, Rejection
 from streamer.state import StateStore
 from streamer.transports import Poll
 
+try:  # a C JSON encoder: float32 rows to text ~10x faster than numpy's (same text where `_row_texts` uses it)
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is a dependency; numpy alone gives the same text
+    _orjson = None
+
 _APPLIED, _DUPLICATE, _REJECTED = 0, 1, 2
 log = logging.getLogger("streamer.engine")
 # Dead letters that are the engine's own decisions, by the streamer_events_total outcome they count as.
@@ -130,7 +135,6 @@ class Outputs:
         fmt = head + "%s" + tail
         return [fmt % r for r in (zip(ids, steps, bodies, tss) if n_ts else zip(ids, steps, bodies))]
 
-
     def split(self, caps: int | np.ndarray) -> "Outputs":
         """The same predictions with every record longer than its cap (steps; one cap, or one per record)
         cut into records of at most that many consecutive steps, each with its own first step."""
@@ -163,12 +167,25 @@ class Outputs:
                        np.concatenate([p.row_steps for p in parts]))
 
 
+# orjson writes a float32 as the same shortest text as numpy's float-to-string for 0 and for magnitudes in
+# [1e-4, 1e6); outside it numpy switches to exponent notation earlier (1e-05, 1.7044885e+06) than orjson.
+_ORJSON_TEXT_RANGE = (1e-4, 1e6)
+
+
 def _row_texts(preds: np.ndarray) -> list[str]:
     """'v1, v2, ...' for every row of a float32 matrix."""
     if preds.shape[0] == 0:
         return []
     if preds.shape[1] == 0:
         return [""] * preds.shape[0]
+    if _orjson is not None and preds.dtype == np.float32:
+        a = np.abs(preds)
+        low, high = _ORJSON_TEXT_RANGE
+        if ((a >= low) & (a < high) | (a == 0)).all():  # the usual case (NaN and inf are not in it)
+            text = _orjson.dumps(np.ascontiguousarray(preds), option=_orjson.OPT_SERIALIZE_NUMPY)[2:-2].decode("ascii")
+            if preds.shape[1] == 1:
+                return text.split("],[")
+            return text.replace(",", ", ").split("], [")  # numpy's separator, then the rows
     text = preds.astype("U16")  # the longest float32 text, "-1.1754944e-38", has 14 characters
     if not np.isfinite(preds.sum(dtype=np.float64)):
         text[~np.isfinite(preds)] = "null"

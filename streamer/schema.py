@@ -89,6 +89,10 @@ DETAIL_CHARS = 1000  # a dead letter's detail is cut to this many characters
 
 _NUMBER_TYPES = frozenset((int, float))
 _scan_json = make_scanner(json.JSONDecoder())  # the C scanner behind json.loads, without its wrappers
+try:  # a C JSON parser for the common case; anything it refuses goes through the json module (same results)
+    from orjson import loads as _orjson_loads
+except ImportError:  # pragma: no cover - orjson is a dependency; the json module alone gives the same events
+    _orjson_loads = None
 _TS_TYPES = (int, float)
 
 
@@ -165,6 +169,9 @@ def _check_features(feats: Any, feature_size: int) -> tuple[bool, int]:
         raise EventError(INVALID_FEATURES, "'features' must be a non-empty list of numbers or of lists of numbers")
     if type(feats[0]) is list:
         width = len(feats[0])
+        if set(map(type, feats)) == _LIST_TYPE and set(map(len, feats)) == {width} and width == feature_size \
+                and set(map(type, chain.from_iterable(feats))) <= _NUMBER_TYPES:
+            return True, len(feats)  # the usual chunk, checked in C; else row by row, for the first error
         for row in feats:
             if type(row) is not list:
                 raise EventError(INVALID_FEATURES, "a chunk's 'features' must be a list of lists of numbers")
@@ -247,16 +254,16 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
     if vocab_size is not None and feature_size != 1:
         raise ValueError(f"a token model has feature size 1, got {feature_size}")
     if bulk:
-        bulk, careful = _decode_bulk(messages, feature_size, max_message_bytes, vocab_size)
+        bulk, careful, parsed = _decode_bulk(messages, feature_size, max_message_bytes, vocab_size)
     else:
-        bulk, careful = None, range(len(messages))
+        bulk, careful, parsed = None, range(len(messages)), {}
     rejected: list[Rejection] = []
     meta: list[tuple] = []  # (stream_id, step, count, chunk, reset, end, ts, index) per valid event
     rows: list = []
     for i in careful:
         try:
             sid, step, k, is_chunk, reset, end, ts, feats = _decode_one(messages[i], feature_size, max_message_bytes,
-                                                                        vocab_size)
+                                                                        parsed.get(i), vocab_size)
         except EventError as exc:
             rejected.append(Rejection(i, exc.code, exc.detail))
             continue
@@ -275,7 +282,7 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
             reset=np.array(resets, dtype=bool),
             end=np.array(ends, dtype=bool),
             ts=list(tss),
-            features=_to_float32(rows, feature_size),
+            features=_rows_to_float32(rows, feature_size) if vocab_size is None else _ids_to_float32(rows),
             index=np.array(index, dtype=np.int64),
         )
         if bulk is not None:
@@ -294,21 +301,30 @@ def decode(messages: Sequence[bytes | str], feature_size: int,
     return events, rejected
 
 
-def _decode_one(raw: Any, feature_size: int, max_message_bytes: int, vocab_size: int | None = None) -> tuple:
+def _decode_one(raw: Any, feature_size: int, max_message_bytes: int, parsed: dict | None = None,
+                vocab_size: int | None = None) -> tuple:
     """The careful checks of one message, in the order of `SCHEMA_ERROR_CODES` (finiteness aside):
-    (stream_id, step, count, is_chunk, reset, end, ts, features) or EventError."""
+    (stream_id, step, count, is_chunk, reset, end, ts, features) or EventError.
+
+    `parsed`: the object the bulk path's parser (orjson) made of these bytes already; used as is unless
+    a top-level value is a float beyond 64-bit integers (orjson's reading of a huge integer, which the
+    json module reads as an int: then the json module parses it again, for the same dead letter)."""
     if type(raw) is not bytes and type(raw) is not str:
         raw = _as_bytes(raw)
     size = len(raw) if type(raw) is bytes else len(raw.encode("utf-8", "surrogatepass"))
     if size > max_message_bytes:
         raise EventError(MESSAGE_TOO_LARGE, f"message exceeds the limit of {max_message_bytes} bytes "
                                             "(--max-message-bytes)")
-    try:
-        obj = _loads(raw.decode("utf-8") if type(raw) is bytes else raw)
-    except UnicodeDecodeError as exc:
-        raise EventError(INVALID_UTF8, f"message is not valid UTF-8 ({exc.reason} at byte {exc.start})")
-    except (ValueError, RecursionError) as exc:
-        raise EventError(INVALID_JSON, f"message is not valid JSON ({str(exc)[:120]})")
+    if parsed is not None and (float not in set(map(type, parsed.values())) or
+                               all(-2.0**63 <= v < 2.0**64 for v in parsed.values() if type(v) is float)):
+        obj = parsed
+    else:
+        try:
+            obj = _loads(raw.decode("utf-8") if type(raw) is bytes else raw)
+        except UnicodeDecodeError as exc:
+            raise EventError(INVALID_UTF8, f"message is not valid UTF-8 ({exc.reason} at byte {exc.start})")
+        except (ValueError, RecursionError) as exc:
+            raise EventError(INVALID_JSON, f"message is not valid JSON ({str(exc)[:120]})")
     if type(obj) is not dict:
         raise EventError(NOT_AN_OBJECT, f"message must be a JSON object, got {type(obj).__name__}")
     sid = obj.get("stream_id")
@@ -343,6 +359,7 @@ def _decode_one(raw: Any, feature_size: int, max_message_bytes: int, vocab_size:
 
 
 _BAD = object()  # a message the bulk path leaves to `_decode_one`
+_LIST_TYPE = {list}
 _BULK_MIN = 12  # polls with fewer messages skip the bulk path (its fixed cost is ~10 us)
 _NONE = type(None)
 _STEP_TYPES = frozenset((int, _NONE))
@@ -351,24 +368,30 @@ _TS_OR_NONE = frozenset((int, float, _NONE))
 
 
 def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int,
-                 vocab_size: int | None = None) -> tuple[Events | None, list[int]]:
+                 vocab_size: int | None = None) -> tuple[Events | None, list[int], dict[int, dict]]:
     """The well-formed single-step messages of a poll, validated column by column: (their `Events`
-    (finiteness not yet checked), the indices of every other message, for `_decode_one`).
+    (finiteness not yet checked), the indices of every other message, for `_decode_one`, and the JSON
+    objects parsed of those already (chunks, for one), so that `_decode_one` need not parse them again).
 
     Accepts a message only if `_decode_one` would accept it with the same values; anything unusual
     is simply left to it. (None, all indices) when the poll does not suit the bulk path at all.
     """
     n = len(messages)
+    parsed: dict[int, dict] = {}
     if n < _BULK_MIN or feature_size < 1:  # a few messages: the per-message path is quicker
-        return None, list(range(n))
+        return None, list(range(n)), parsed
     idx: list[int] | None = None  # the message index of each candidate; None: all, in order
     careful: list[int] = []
+    have_objs = False  # from the parse on, every drop's first column is the parsed objects
 
     def drop(keep: list, *cols: list) -> list[list]:
-        """Leave the candidates where `keep` is false to `_decode_one`; the columns, filtered."""
-        nonlocal idx
+        """Leave the candidates where `keep` is false to `_decode_one` (with their parsed objects, once
+        the first column is the objects); the columns, filtered."""
+        nonlocal idx  # (have_objs is only read)
         at = range(len(keep)) if idx is None else idx
         careful.extend(i for i, k in zip(at, keep) if not k)
+        if have_objs:
+            parsed.update((i, o) for i, k, o in zip(at, keep, cols[0]) if not k and type(o) is dict)
         idx = [i for i, k in zip(at, keep) if k]
         return [[v for v, k in zip(col, keep) if k] for col in cols]
 
@@ -381,11 +404,12 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int,
         keep = [len(m) <= max_message_bytes for m in msgs]
         msgs, = drop(keep, msgs)
     objs = _parse_many(msgs)
+    have_objs = True
     if set(map(type, objs)) != {dict}:
         keep = [type(o) is dict for o in objs]
         objs, = drop(keep, objs)
     if not objs:
-        return None, sorted(careful)
+        return None, sorted(careful), parsed
     get = dict.get
     # ---- stream_id: a str of 1..MAX_STREAM_ID_CHARS characters
     sids = list(map(get, objs, repeat("stream_id")))
@@ -393,15 +417,20 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int,
         keep = [type(s) is str and 0 < len(s) <= MAX_STREAM_ID_CHARS for s in sids]
         objs, sids = drop(keep, objs, sids)
     joined = "".join(sids)
-    if not joined.isascii() and not _is_scalar_text(joined):  # a lone surrogate somewhere
+    if not joined.isascii() and not _is_scalar_text(joined):  # a lone surrogate somewhere (json module's parse)
         keep = list(map(_is_scalar_text, sids))
         objs, sids = drop(keep, objs, sids)
-    # ---- features: a list of exactly F numbers (int or float, not bool); token models: one id
+    # ---- features: a list of exactly F numbers (int or float, not bool); in a poll of chunks (its first
+    # message is one), a non-empty list of such lists
     feats = list(map(get, objs, repeat("features")))
-    keep, flat = _bulk_features(feats, feature_size, vocab_size)
+    if vocab_size is not None:  # token models: one id per message here (chunks of ids go to `_decode_one`)
+        chunked = False
+        keep = _tokens_keep(feats, vocab_size)
+    else:
+        chunked = bool(feats) and type(feats[0]) is list and len(feats[0]) > 0 and type(feats[0][0]) is list
+        keep = _features_keep(feats, feature_size, chunked)
     if keep is not None:
         objs, sids, feats = drop(keep, objs, sids, feats)
-        flat = None if vocab_size is not None else list(chain.from_iterable(feats))
     # keys beyond stream_id and features (an upper bound once messages are dropped): when none are
     # left, the remaining optional fields are absent everywhere and their columns need no look-ups
     extra = sum(map(len, objs)) - 2 * len(objs)
@@ -414,12 +443,14 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int,
         extra -= len(vals) - vals.count(None)
         return vals
 
-    # ---- step: absent/null, or an int 0..MAX_STEP
+    # ---- step: absent/null, or an int 0..MAX_STEP (a chunk of k steps: 0..MAX_STEP-k+1)
     steps = column("step")
     if steps.count(None) != len(steps):
         present = [s for s in steps if s is not None]
-        if not set(map(type, steps)) <= _STEP_TYPES or min(present) < 0 or max(present) > MAX_STEP:
-            keep = [s is None or (type(s) is int and 0 <= s <= MAX_STEP) for s in steps]
+        longest = max(map(len, feats)) if chunked else 1
+        if not set(map(type, steps)) <= _STEP_TYPES or min(present) < 0 or max(present) > MAX_STEP - longest + 1:
+            keep = [s is None or (type(s) is int and 0 <= s <= MAX_STEP - (len(f) if chunked else 1) + 1)
+                    for s, f in zip(steps, feats)]
             objs, sids, feats, steps = drop(keep, objs, sids, feats, steps)
     # ---- ts: absent/null or a number 0..MAX_TS
     ts = column("ts")
@@ -436,7 +467,15 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int,
         flags.append(vals)
     m = len(objs)
     if m == 0:
-        return None, sorted(careful)
+        return None, sorted(careful), parsed
+    events = _bulk_events(sids, steps, feats, chunked, flags, ts, idx, feature_size, vocab_size is not None)
+    return events, sorted(careful), parsed
+
+
+def _bulk_events(sids: list, steps: list, feats: list, chunked: bool, flags: list, ts: list, idx: list | None,
+                 feature_size: int, tokens: bool = False) -> Events:
+    """The `Events` of the bulk path's accepted columns (`idx`: their message indices; None: all)."""
+    m = len(sids)
     resets, ends = flags
     if steps.count(None) == m:
         step_arr = np.full(m, -1, np.int64)
@@ -444,46 +483,42 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int,
         step_arr = np.array(steps, dtype=np.int64)
     else:
         step_arr = np.array([-1 if s is None else s for s in steps], dtype=np.int64)
-    events = Events(
+    return Events(
         stream_ids=sids,
         steps=step_arr,
-        counts=np.ones(m, np.int64),
-        chunk=np.zeros(m, dtype=bool),
+        counts=np.array(list(map(len, feats)), np.int64) if chunked else np.ones(m, np.int64),
+        chunk=np.full(m, chunked, dtype=bool),
         reset=np.array([v is True for v in resets], dtype=bool) if True in resets else np.zeros(m, dtype=bool),
         end=np.array([v is True for v in ends], dtype=bool) if True in ends else np.zeros(m, dtype=bool),
         ts=ts,
-        features=_bulk_matrix(feats, flat, feature_size),
+        features=_ids_to_float32(feats) if tokens else
+        _rows_to_float32(list(chain.from_iterable(feats)) if chunked else feats, feature_size),
         index=np.arange(m, dtype=np.int64) if idx is None else np.array(idx, dtype=np.int64),
     )
-    return events, sorted(careful)
 
 
-def _bulk_features(feats: list, feature_size: int, vocab_size: int | None) -> tuple[list[bool] | None, list | None]:
-    """(None, all the numbers in order) when every candidate's features are one well-formed step; else
-    (keep flags, None). Token models: one int 0..vocab_size-1 each (the numbers are then not needed)."""
-    if vocab_size is not None:
-        if set(map(type, feats)) == {int} and min(feats) >= 0 and max(feats) < vocab_size:
-            return None, None
-        return [type(f) is int and 0 <= f < vocab_size for f in feats], None
-    if set(map(type, feats)) == {list} and set(map(len, feats)) == {feature_size}:
-        flat = list(chain.from_iterable(feats))
-        if set(map(type, flat)) <= _NUMBER_TYPES:
-            return None, flat
-    return [type(f) is list and len(f) == feature_size and set(map(type, f)) <= _NUMBER_TYPES for f in feats], None
+def _tokens_keep(feats: list, vocab_size: int) -> list[bool] | None:
+    """None when every features value is one token id 0..vocab_size-1 (a JSON integer); else which are."""
+    if set(map(type, feats)) == {int} and min(feats) >= 0 and max(feats) < vocab_size:
+        return None
+    return [type(f) is int and 0 <= f < vocab_size for f in feats]
 
 
-def _bulk_matrix(feats: list, flat: list | None, feature_size: int) -> np.ndarray:
-    """The features of the accepted candidates as (m, F) float32 (`flat`: all their numbers, when no
-    candidate was dropped after it was made; token ids, exact in float32, when `flat` is None)."""
-    m = len(feats)
-    if flat is None and (m == 0 or type(feats[0]) is int):
-        return np.array(feats, dtype=np.float32).reshape(m, 1)
-    with np.errstate(over="ignore"):  # numbers beyond float32 become inf and are refused later
-        try:
-            return np.array(flat if flat is not None and len(flat) == m * feature_size
-                            else list(chain.from_iterable(feats)), dtype=np.float32).reshape(m, feature_size)
-        except OverflowError:  # an integer beyond float64
-            return _to_float32(feats, feature_size)
+def _features_keep(feats: list, feature_size: int, chunked: bool) -> list[bool] | None:
+    """None when every features value is F numbers (`chunked`: a non-empty list of such lists, a chunk);
+    else which ones are (the others go to `_decode_one`). Checked over whole columns first."""
+    if not chunked:
+        if set(map(type, feats)) == _LIST_TYPE and set(map(len, feats)) == {feature_size} and \
+                set(map(type, chain.from_iterable(feats))) <= _NUMBER_TYPES:
+            return None
+        return [type(f) is list and len(f) == feature_size and set(map(type, f)) <= _NUMBER_TYPES for f in feats]
+    if set(map(type, feats)) == _LIST_TYPE and min(map(len, feats)) > 0:
+        rows = list(chain.from_iterable(feats))
+        if set(map(type, rows)) == _LIST_TYPE and set(map(len, rows)) == {feature_size} and \
+                set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:
+            return None
+    return [type(f) is list and len(f) > 0 and set(map(type, f)) == _LIST_TYPE and set(map(len, f)) == {feature_size}
+            and set(map(type, chain.from_iterable(f))) <= _NUMBER_TYPES for f in feats]
 
 
 def _ts_column_ok(ts: list) -> bool:
@@ -499,9 +534,27 @@ def _ts_column_ok(ts: list) -> bool:
     return min(present) >= 0 and max(present) <= MAX_TS  # exact comparisons, NaN excluded
 
 
+def _fast_loads(raw: bytes) -> Any:
+    """orjson.loads(raw), or `_BAD` where it refuses the message."""
+    try:
+        return _orjson_loads(raw)
+    except ValueError:  # orjson.JSONDecodeError is a ValueError
+        return _BAD
+
+
 def _parse_many(msgs: list[bytes]) -> list:
     """Each message parsed as one JSON value, or `_BAD` where `_loads` would not simply return one
-    (invalid UTF-8 or JSON, whitespace around it...): `_decode_one` then says why, or parses it."""
+    (invalid UTF-8 or JSON, whitespace around it...): `_decode_one` then says why, or parses it.
+
+    With orjson (a C parser, about 2x faster than the json module's scanner) where it parses. Where
+    orjson reads a message differently from the json module, the bulk checks send it to `_decode_one`
+    (which uses the json module only) anyway: an integer beyond 64 bits is a float to orjson, so as a
+    step or ts it fails the bulk column checks; as a feature it gives the same float32 either way."""
+    if _orjson_loads is not None:
+        try:
+            return list(map(_orjson_loads, msgs))
+        except ValueError:
+            return list(map(_fast_loads, msgs))
     n = len(msgs)
     try:
         texts = list(map(bytes.decode, msgs))
@@ -570,12 +623,28 @@ def _as_bytes(raw: Any) -> bytes:
         raise EventError(INVALID_JSON, f"message is {type(raw).__name__}, not bytes") from None
 
 
+def _ids_to_float32(ids: list) -> np.ndarray:
+    """Token ids (a flat list of ints < 2**24) as a (R, 1) float32 column: exact."""
+    return np.array(ids, dtype=np.float32).reshape(len(ids), 1)
+
+
+def _rows_to_float32(rows: list, feature_size: int) -> np.ndarray:
+    """`_to_float32` of rows of `feature_size` numbers, flattened first (numpy converts a flat list faster)."""
+    if not rows:
+        return np.empty((0, feature_size), dtype=np.float32)
+    with np.errstate(over="ignore"):  # numbers beyond float32 become inf and are refused later
+        try:
+            return np.array(list(chain.from_iterable(rows)), dtype=np.float32).reshape(len(rows), feature_size)
+        except OverflowError:  # an integer beyond float64
+            return _to_float32(rows, feature_size)
+
+
 def _to_float32(rows: list, feature_size: int) -> np.ndarray:
     if not rows:
         return np.empty((0, feature_size), dtype=np.float32)
     with np.errstate(over="ignore"):  # numbers beyond float32 become inf and are refused below
         try:
-            return np.array(rows, dtype=np.float32).reshape(len(rows), feature_size)  # (token ids: flat)
+            return np.array(rows, dtype=np.float32)
         except OverflowError:  # an integer beyond float64: row by row, marking that row non-finite
             out = np.empty((len(rows), feature_size), dtype=np.float32)
             for r, row in enumerate(rows):

@@ -17,6 +17,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(params=["kafka-python", "confluent"])
+def kafka_client(request) -> str:
+    """Each Kafka serving test runs with both clients (`streamer serve --kafka-client`); ids kafka-python
+    and confluent (the latter skipped when confluent-kafka is not installed)."""
+    if request.param == "confluent":
+        pytest.importorskip("confluent_kafka", reason="confluent-kafka not installed (pip install -e '.[confluent]')")
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
     """KAFKA_BOOTSTRAP_SERVERS (``make test`` sets it after starting the local broker)."""

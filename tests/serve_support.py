@@ -219,20 +219,21 @@ class Deployment:
 
 
 class Serve:
-    """`python -m streamer serve ...` as a subprocess; stderr goes to a log file.
+    """`python -m streamer serve ...` as a subprocess (with `--kafka-client client`); stderr goes to a log file.
 
     Every process gets its own static-membership --instance-id (many run on one host here); pass the
     same `instance_id` to play a restart of the same instance."""
 
     def __init__(self, model_dir, deployment: Deployment, bootstrap: str, log_dir: Path, *extra: str,
                  name: str = "serve", env: dict | None = None, instance_id: str | None = None,
-                 launcher: list[str] | None = None):
+                 launcher: list[str] | None = None, client: str = "kafka-python"):
         self.log_path = Path(log_dir) / f"{name}-{unique_name('log')}.log"
+        self.client = client
         self.instance_id = instance_id or unique_name("instance")
         membership = [] if "--dynamic-membership" in extra else ["--instance-id", self.instance_id]
         launcher = launcher or [sys.executable, "-m", "streamer"]  # or a script that calls streamer.cli.main
-        self.args = [*launcher, "serve", "--model", str(model_dir),
-                     *deployment.args(bootstrap), "--metrics-port", "0", *FAST_GROUP, *membership, *extra]
+        self.args = [*launcher, "serve", "--model", str(model_dir), *deployment.args(bootstrap), "--metrics-port",
+                     "0", "--kafka-client", client, *FAST_GROUP, *membership, *extra]
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.args, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})

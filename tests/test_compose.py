@@ -212,6 +212,14 @@ def test_commands_agree_on_topics_brokers_and_ports(services):
     assert load.continuous and load.end  # a steady load whose streams end (state is freed)
 
 
+def test_the_replicas_serve_with_librdkafka_which_the_image_installs(services):
+    serve = ds.parse_streamer_command(ds.service_argv(services["streamer"]),
+                                      ds.service_environment(services["streamer"]))
+    assert serve.kafka_client == "confluent"
+    runs = [arg for op, arg in ds.dockerfile_instructions() if op == "RUN"]
+    assert any('pip install ".[confluent]"' in arg for arg in runs), "the image must install the confluent extra"
+
+
 def test_variables_are_interpolated_and_documented():
     text = ds.compose_text()
     used = ds.variables(text)

@@ -428,3 +428,23 @@ def test_json_lines_exact_text_for_odd_ids_versions_and_values():
                      np.ones(2, np.int64), np.array([[0.5], [np.nan]], np.float32), np.array([1, 2]))
     assert single.json_lines() == ['{"stream_id":"a","step":1,"prediction":[0.5],"model":"m"}',
                                    '{"stream_id":"b","step":2,"prediction":[null],"model":"m"}']
+
+
+def test_the_orjson_row_text_is_numpys_text(monkeypatch):
+    """Rows of float32 written by orjson (its fast path) are the very texts numpy's path writes: around the
+    range's edges, across it, with zeros, negative values and one or several columns."""
+    pytest.importorskip("orjson")
+    from streamer import engine
+
+    rng = np.random.default_rng(7)
+    low, high = engine._ORJSON_TEXT_RANGE
+    edges = np.array([low, high, 0.5, 1.0, 0.0, -0.0], np.float32)
+    edges = np.concatenate([edges, np.nextafter(edges, np.float32(np.inf)), np.nextafter(edges, np.float32(0))])
+    values = np.concatenate([edges, np.exp(rng.uniform(np.log(low), np.log(high), 200_000)).astype(np.float32),
+                             rng.random(100_000).astype(np.float32), -rng.random(1000).astype(np.float32)])
+    for cols in (1, 2, 5):
+        preds = values[: len(values) // cols * cols].reshape(-1, cols)
+        fast = engine._row_texts(preds)
+        monkeypatch.setattr(engine, "_orjson", None)
+        assert fast == engine._row_texts(preds)
+        monkeypatch.undo()

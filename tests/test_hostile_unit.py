@@ -4,8 +4,6 @@ the new serve flags. The real-broker behaviour is in test_serve_hostile/routing/
 
 from __future__ import annotations
 
-from collections import namedtuple
-
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -20,8 +18,6 @@ from streamer.kafka.topology import TopologyWatch
 from streamer.state import StateStore, StreamRecord
 from tests.streamer_helpers import lstm_step_model
 
-Record = namedtuple("Record", "key value")
-TP = namedtuple("TP", "topic partition")
 
 
 def _record(sid: str, last_step: int, last_seen: float, partition: int) -> bytes:
@@ -43,14 +39,14 @@ def test_the_partitioner_check_counts_messages_off_their_murmur2_partition():
     metrics = KafkaMetrics(CollectorRegistry())
     check = PartitionerCheck(metrics.partitioner_mismatches)
     keys = [f"s{i}".encode() for i in range(40)]
-    right = {TP("t", p): [Record(k, b"") for k in keys if murmur2_partition(k, 4) == p] for p in range(4)}
-    assert check.check(right, 4) == 0
-    wrong = {TP("t", p): [Record(k, b"") for k in keys if murmur2_partition(k, 4) == (p + 1) % 4] + [Record(None, b"")]
-             for p in range(4)}
-    assert check.check(wrong, 4) == 40
+    right = [murmur2_partition(k, 4) for k in keys]
+    assert check.check(right, keys, 4) == 0
+    wrong = [(p + 1) % 4 for p in right] + [0, 1, 2, 3]
+    assert check.check(wrong, keys + [None] * 4, 4) == 40
     assert metrics.partitioner_mismatches._value.get() == 40
     # the topic grew to 6: messages produced before (murmur2 mod 4) still count as right
-    assert check.check(right, 6) == 0
+    assert check.check(right, keys, 6) == 0
+    assert check.check(wrong, keys, None) == 0  # the partition count is not known yet: nothing to say
 
 
 # Utils.murmur2 test vectors of the Java client (clients/src/test/.../UtilsTest.java), as signed 32-bit ints
@@ -102,3 +98,24 @@ def test_membership_and_routing_flags(monkeypatch):
     monkeypatch.setenv("STREAMER_INSTANCE_ID", "pod-3")
     args = build_parser().parse_args(base)
     assert args.on_key_mismatch == "reject" and args.instance_id == "pod-3"
+
+
+def test_group_health_counts_outages_replaces_stuck_members_and_forgives_one_fence_after_an_outage(caplog):
+    from streamer.kafka.health import OUTAGE_MARGIN_S, GroupHealth
+
+    metrics = KafkaMetrics(CollectorRegistry())
+    health = GroupHealth(metrics, session_timeout_s=6.0, stuck_after_s=20.0)
+    assert not health.fence_after_outage(0.0)  # no outage seen: a fence is another process
+    with caplog.at_level("INFO", logger="streamer.serve"):
+        for t, count in enumerate([2, 0, 0, 0, 1]):
+            health.connections(count, float(t))
+    assert metrics.errors.labels("connect")._value.get() == 1  # one outage, counted once
+    assert metrics.connections._value.get() == 1
+    assert "no connection to any broker" in caplog.text and "brokers reachable again" in caplog.text
+    assert health.fence_after_outage(3.0 + 6.0 + OUTAGE_MARGIN_S - 1)  # librdkafka's own stale membership
+    assert not health.fence_after_outage(3.0 + 6.0 + OUTAGE_MARGIN_S - 1)  # once per outage
+    health.connections(0, 100.0)
+    assert not health.fence_after_outage(100.0 + 6.0 + OUTAGE_MARGIN_S + 1)  # too long after it
+    assert not health.stuck(None, 0.0) and not health.stuck(False, 1.0) and not health.stuck(False, 20.0)
+    assert health.stuck(False, 21.5) and not health.stuck(False, 22.0)  # replaced: the clock starts again
+    assert not health.stuck(True, 50.0)

@@ -257,6 +257,27 @@ def test_bulk_decode_equals_careful_decode_on_a_fuzzed_corpus(seed):
         assert np.array_equal(got[0].partitions, want[0].partitions)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_orjson_and_the_json_module_give_the_same_events_and_dead_letters(seed, monkeypatch):
+    """orjson parses what it can (both paths); without it (or where it refuses) the json module does.
+    Whatever parses a message, the events and the dead letters (codes and details) are the same."""
+    pytest.importorskip("orjson")
+    from streamer import schema
+
+    rng = np.random.default_rng(100 + seed)
+    polls = [[_fuzz_message(rng) for _ in range(size)] for size in (1, 12, 60, 400)]
+    polls.append([with_(features=[10**400, 0, 0]), with_(ts=2**64), b'{"stream_id": "\\ud800x", "features": [1,2,3]}',
+                  b'{"stream_id": "a", "features": [1, 2, 3]}' + b" " * 3, b'[' * 2000 + b']' * 2000] * 4)
+    fast = [decode(m, F, LIMIT) for m in polls]
+    fast_careful = [decode([bytearray(x) for x in m], F, LIMIT) for m in polls]
+    monkeypatch.setattr(schema, "_orjson_loads", None)
+    for m, got, got_careful in zip(polls, fast, fast_careful):
+        want = decode(m, F, LIMIT)
+        _same_decode(got, want)
+        _same_decode(got_careful, want)
+        assert [(r.code, r.detail) for r in got[1]] == [(r.code, r.detail) for r in want[1]]
+
+
 def test_bulk_decode_handles_edge_values_like_the_careful_path():
     cases = [
         with_(ts=2**53), with_(ts=2**53 + 1), with_(ts=float(2**53)), with_(ts=-0.0), with_(ts=0),

@@ -99,8 +99,8 @@ def _good_streams(rng) -> tuple[dict[str, np.ndarray], list, list]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
-def test_hostile_input_costs_one_dead_letter_each_and_nothing_else(kafka_bootstrap, kafka_admin, small_model,
-                                                                   tmp_path, exactly_once):
+def test_hostile_input_costs_one_dead_letter_each_and_nothing_else(kafka_client, kafka_bootstrap, kafka_admin,
+                                                                   small_model, tmp_path, exactly_once):
     model, model_dir = small_model
     hs.need_kcat()
     d = _deployment(kafka_admin, "hostile")
@@ -111,7 +111,7 @@ def test_hostile_input_costs_one_dead_letter_each_and_nothing_else(kafka_bootstr
     if exactly_once:  # (the 100k-step chunk takes seconds to apply: serve commits the open transaction first)
         extra += ["--exactly-once", "--transactional-id", unique_name("txid")]
     isolation = "read_committed" if exactly_once else "read_uncommitted"
-    serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, *extra, name="hostile")
+    serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, *extra, client=kafka_client, name="hostile")
     try:
         serve.wait_ready()
         pid = serve.proc.pid
@@ -171,8 +171,9 @@ def test_hostile_input_costs_one_dead_letter_each_and_nothing_else(kafka_bootstr
 
 @pytest.mark.slow
 @pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
-def test_killed_right_after_each_bad_message_the_restarted_serve_gets_past_it(kafka_bootstrap, kafka_admin,
-                                                                              small_model, tmp_path, exactly_once):
+def test_killed_right_after_each_bad_message_the_restarted_serve_gets_past_it(kafka_client, kafka_bootstrap,
+                                                                              kafka_admin, small_model, tmp_path,
+                                                                              exactly_once):
     """No crash loop: each bad message is read, dead-lettered, and serve is killed before it can checkpoint;
     the restarted instance (same --instance-id: it gets its partitions back at once) reads it again and
     goes on. The messages are the ones that used to crash serve or stall its checkpoints."""
@@ -192,13 +193,14 @@ def test_killed_right_after_each_bad_message_the_restarted_serve_gets_past_it(ka
     try:
         for i, value in enumerate(poison):
             where = _produce(kafka_bootstrap, d.input, event_messages(seqs, i, i + 1) + [(b"poison", value)])[-1]
-            serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, *extra, name=f"cl{i}", instance_id=instance)
+            serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, *extra, client=kafka_client, name=f"cl{i}",
+                          instance_id=instance)
             read_topic(kafka_bootstrap, d.dlq, until=lambda rs: where in _sources(rs), timeout_s=60)  # uncommitted
             assert serve.proc.poll() is None, serve.log()[-3000:]
             serve.kill(dump=False)  # before any checkpoint: the bad message will be read again
         _produce(kafka_bootstrap, d.input, event_messages(seqs, len(poison)))
         serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, *extra, "--checkpoint-interval", "0.3",  # the last
-                      name="cl-last", instance_id=instance)  # --checkpoint-interval given wins
+                      client=kafka_client, name="cl-last", instance_id=instance)  # --checkpoint-interval given wins
         _wait_committed(kafka_bootstrap, d, serve, timeout_s=90)
         total = sum(len(x) for x in seqs.values())
         records = read_topic(kafka_bootstrap, d.output, isolation=isolation, until=lambda rs: count_steps(rs) >= total)
@@ -242,8 +244,8 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def test_an_exception_in_the_model_costs_one_internal_error_dead_letter(kafka_bootstrap, kafka_admin, small_model,
-                                                                        tmp_path):
+def test_an_exception_in_the_model_costs_one_internal_error_dead_letter(kafka_client, kafka_bootstrap, kafka_admin,
+                                                                        small_model, tmp_path):
     """The real serve command with a model whose step raises on one value (an injected fault): the event
     becomes one internal_error dead letter, the other events of its poll are applied exactly once."""
     model, model_dir = small_model
@@ -254,7 +256,8 @@ def test_an_exception_in_the_model_costs_one_internal_error_dead_letter(kafka_bo
     messages = event_messages(seqs)
     messages.insert(25, (b"f0002", json.dumps({"stream_id": "f0002", "step": 10, "features": [1, 666, 2]}).encode()))
     _produce(kafka_bootstrap, d.input, messages)
-    serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, name="faulty", launcher=[sys.executable, str(script)])
+    serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, client=kafka_client, name="faulty",
+                  launcher=[sys.executable, str(script)])
     try:
         _wait_committed(kafka_bootstrap, d, serve, timeout_s=90)
         total = sum(len(x) for x in seqs.values())

@@ -58,7 +58,7 @@ def _wait_for_steps(bootstrap, topic, n, timeout_s=60, isolation="read_uncommitt
     return records
 
 
-def test_parity_with_offline_predictions_and_the_keras_model(kafka_bootstrap, deployment, tmp_path):
+def test_parity_with_offline_predictions_and_the_keras_model(kafka_client, kafka_bootstrap, deployment, tmp_path):
     """Every (stream, step) prediction served through Kafka equals the offline full-sequence prediction:
     StepModel.run per stream, and the Keras model's own output (eager call) for the model it came from.
     Includes 32-step chunks (one record with "predictions")."""
@@ -82,7 +82,7 @@ def test_parity_with_offline_predictions_and_the_keras_model(kafka_bootstrap, de
             messages.append((sid.encode(), json.dumps({"stream_id": sid, "step": start,
                                                        "features": xs[start:start + 32].tolist()}).encode()))
     produce(kafka_bootstrap, d.input, messages)
-    serve = Serve(model_dir, d, kafka_bootstrap, tmp_path)
+    serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, client=kafka_client)
     try:
         want = offline(step_model, {**seqs, **chunked})
         total = sum(len(y) for y in want.values())
@@ -102,7 +102,7 @@ def test_parity_with_offline_predictions_and_the_keras_model(kafka_bootstrap, de
 
 
 def test_bad_events_go_to_the_dlq_with_their_source_and_the_good_ones_are_unharmed(
-        kafka_bootstrap, deployment, small_model, tmp_path):
+        kafka_client, kafka_bootstrap, deployment, small_model, tmp_path):
     model, model_dir = small_model
     d = deployment(partitions=2)
     rng = np.random.default_rng(1)
@@ -118,7 +118,7 @@ def test_bad_events_go_to_the_dlq_with_their_source_and_the_good_ones_are_unharm
     for i, m in enumerate(bad):  # spread between the good ones
         messages.insert(3 + 5 * i, m)
     produce(kafka_bootstrap, d.input, messages)
-    serve = Serve(model_dir, d, kafka_bootstrap, tmp_path)
+    serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, client=kafka_client)
     try:
         records = _wait_for_steps(kafka_bootstrap, d.output, sum(len(x) for x in seqs.values()))
         assert_parity(predictions_by_key(records), offline(model, seqs))
@@ -138,11 +138,29 @@ def test_bad_events_go_to_the_dlq_with_their_source_and_the_good_ones_are_unharm
         assert sorted(codes) == sorted(["invalid_json", "wrong_feature_count", "missing_stream_id",
                                         "non_finite_features", "invalid_utf8", "not_an_object"])
         assert serve.metric("streamer_dead_letters_total") == len(bad)
+        # the client's view of the group: connected, both partitions owned, nothing left to read
+        deadline = time.monotonic() + 15
+        while not (serve.metric("streamer_kafka_connections") > 0 and
+                   _lag_series(serve) == {"0": 0.0, "1": 0.0}):
+            assert time.monotonic() < deadline, f"connections/lag not reported: {_lag_series(serve)}"
+            time.sleep(0.3)
     finally:
         assert serve.terminate() == 0
 
 
-def test_sigterm_checkpoints_commits_and_leaves_the_group(kafka_bootstrap, deployment, small_model, tmp_path):
+def _lag_series(serve) -> dict[str, float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(serve.metrics_url() + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {s.labels["partition"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "streamer_kafka_consumer_lag_records"}
+
+
+def test_sigterm_checkpoints_commits_and_leaves_the_group(kafka_client, kafka_bootstrap, deployment, small_model,
+                                                          tmp_path):
     model, model_dir = small_model
     d = deployment(partitions=2)
     rng = np.random.default_rng(2)
@@ -151,7 +169,8 @@ def test_sigterm_checkpoints_commits_and_leaves_the_group(kafka_bootstrap, deplo
     messages = event_messages({k: v for k, v in seqs.items() if k != "ends"}) + event_messages(
         {"ends": seqs["ends"]}, end=True)
     produce(kafka_bootstrap, d.input, messages)
-    serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, "--checkpoint-interval", "60")  # only at shutdown
+    # checkpoints only at shutdown
+    serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, "--checkpoint-interval", "60", client=kafka_client)
     try:
         serve.wait_ready()
         _wait_for_steps(kafka_bootstrap, d.output, sum(len(x) for x in seqs.values()))
@@ -172,7 +191,7 @@ def test_sigterm_checkpoints_commits_and_leaves_the_group(kafka_bootstrap, deplo
         state = np.frombuffer(base64.b64decode(rec["state"]), "<f4")
         assert np.allclose(state, model.run(seqs[sid])[1], atol=1e-6)
     # the group is empty again: a new member gets every partition straight away
-    again = Serve(model_dir, d, kafka_bootstrap, tmp_path, name="again")
+    again = Serve(model_dir, d, kafka_bootstrap, tmp_path, name="again", client=kafka_client)
     try:
         again.wait_ready(timeout_s=20)
         assert again.metric("streamer_kafka_assigned_partitions") == 2
@@ -181,8 +200,8 @@ def test_sigterm_checkpoints_commits_and_leaves_the_group(kafka_bootstrap, deplo
         assert again.terminate() == 0
 
 
-def test_a_new_model_version_resets_old_state_keeps_steps_or_refuses(kafka_bootstrap, deployment, small_model,
-                                                                   tmp_path):
+def test_a_new_model_version_resets_old_state_keeps_steps_or_refuses(kafka_client, kafka_bootstrap, deployment,
+                                                                   small_model, tmp_path):
     """Model A serves steps 0-9; model B (another state size) starts: by default each stream's state is
     reset to B's initial state with its step counter kept (duplicates still skipped, new steps go on);
     with --on-model-change refuse serve exits 2 without touching the changelog."""
@@ -195,18 +214,19 @@ def test_a_new_model_version_resets_old_state_keeps_steps_or_refuses(kafka_boots
     rng = np.random.default_rng(4)
     seqs = {f"m{i}": rng.normal(0, 1, (15, F)).astype(np.float32) for i in range(6)}
     produce(kafka_bootstrap, d.input, event_messages(seqs, 0, 10))
-    a = Serve(dir_a, d, kafka_bootstrap, tmp_path, name="a")
+    a = Serve(dir_a, d, kafka_bootstrap, tmp_path, name="a", client=kafka_client)
     _wait_for_steps(kafka_bootstrap, d.output, 60)
     assert a.terminate() == 0
 
     refused = subprocess.run([sys.executable, "-m", "streamer", "serve", "--model", str(dir_b),
                               *d.args(kafka_bootstrap), "--on-model-change", "refuse", "--metrics-port", "0",
+                              "--kafka-client", kafka_client,
                               "--session-timeout-ms", "6000"], cwd=REPO, capture_output=True, text=True,
                              timeout=90)
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert f"made by model {model_a.version}" in refused.stderr and "--on-model-change reset" in refused.stderr
 
-    b = Serve(dir_b, d, kafka_bootstrap, tmp_path, name="b")
+    b = Serve(dir_b, d, kafka_bootstrap, tmp_path, name="b", client=kafka_client)
     try:
         b.wait_ready()
         assert b.metric("streamer_kafka_state_model_changes_total", action="reset") == 6
@@ -228,13 +248,14 @@ def test_a_new_model_version_resets_old_state_keeps_steps_or_refuses(kafka_boots
     assert {r["model"] for r in changelog_table(kafka_bootstrap, d.changelog).values()} == {model_b.version}
 
 
-def test_topics_create_and_a_changelog_with_other_partitions_is_refused(kafka_bootstrap, kafka_admin, small_model,
-                                                                       tmp_path):
+def test_topics_create_and_a_changelog_with_other_partitions_is_refused(kafka_client, kafka_bootstrap, kafka_admin,
+                                                                       small_model, tmp_path):
     _, model_dir = small_model
     d = Deployment("tc", partitions=3)
     try:
         out = subprocess.run([sys.executable, "-m", "streamer", "topics", "create", *d.args(kafka_bootstrap),
-                              "--partitions", "3"], cwd=REPO, capture_output=True, text=True, timeout=60)
+                              "--partitions", "3", "--kafka-client", kafka_client], cwd=REPO, capture_output=True,
+                             text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         counts = topic_admin.describe(kafka_admin, d.topics())
         assert counts == {t: 3 for t in d.topics()}
@@ -244,7 +265,8 @@ def test_topics_create_and_a_changelog_with_other_partitions_is_refused(kafka_bo
         kafka_admin.create_topics({other: {"num_partitions": 2, "configs": {"cleanup.policy": "compact"}}},
                                   wait_for_metadata=True)
         bad = subprocess.run([sys.executable, "-m", "streamer", "serve", "--model", str(model_dir),
-                              *d.args(kafka_bootstrap), "--changelog-topic", other, "--metrics-port", "0"],
+                              *d.args(kafka_bootstrap), "--changelog-topic", other, "--metrics-port", "0",
+                              "--kafka-client", kafka_client],
                              cwd=REPO, capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2
         assert "has 2 partitions but input topic" in bad.stderr and bad.stderr.count("\n") <= 3

@@ -59,11 +59,12 @@ def _ready_in(serve: Serve, timeout_s: float = 60.0) -> float:
     return time.monotonic() - t0
 
 
-def test_kill_9_then_restart_gets_the_partitions_back_at_once(kafka_bootstrap, deployment, small_model, tmp_path):
+def test_kill_9_then_restart_gets_the_partitions_back_at_once(kafka_client, kafka_bootstrap, deployment, small_model,
+                                                              tmp_path):
     model, model_dir = small_model
     d = deployment()
     seqs = make_sequences(8, 10, F, seed=1, prefix="k")
-    first = Serve(model_dir, d, kafka_bootstrap, tmp_path, *SESSION, name="first")
+    first = Serve(model_dir, d, kafka_bootstrap, tmp_path, *SESSION, client=kafka_client, name="first")
     second = None
     try:
         first.wait_ready()
@@ -71,7 +72,8 @@ def test_kill_9_then_restart_gets_the_partitions_back_at_once(kafka_bootstrap, d
         read_topic(kafka_bootstrap, d.output, until=lambda rs: count_steps(rs) >= 40)
         time.sleep(0.5)  # a checkpoint
         first.kill(dump=False)
-        second = Serve(model_dir, d, kafka_bootstrap, tmp_path, *SESSION, name="second", instance_id=first.instance_id)
+        second = Serve(model_dir, d, kafka_bootstrap, tmp_path, *SESSION, client=kafka_client, name="second",
+                       instance_id=first.instance_id)
         took = _ready_in(second)
         assert took < 15, f"restart to ready took {took:.1f}s: the session timeout (30 s) was waited out"
         assert second.metric("streamer_kafka_assigned_partitions") == 2
@@ -85,18 +87,18 @@ def test_kill_9_then_restart_gets_the_partitions_back_at_once(kafka_bootstrap, d
                 s.kill()
 
 
-def test_sigterm_leaves_the_group_so_another_instance_takes_over_at_once(kafka_bootstrap, kafka_admin, deployment,
-                                                                        small_model, tmp_path):
+def test_sigterm_leaves_the_group_so_another_instance_takes_over_at_once(kafka_client, kafka_bootstrap, kafka_admin,
+                                                                         deployment, small_model, tmp_path):
     _, model_dir = small_model
     d = deployment()
-    leaving = Serve(model_dir, d, kafka_bootstrap, tmp_path, *SESSION, name="leaving")
+    leaving = Serve(model_dir, d, kafka_bootstrap, tmp_path, *SESSION, client=kafka_client, name="leaving")
     other = None
     try:
         leaving.wait_ready()
         assert _members(kafka_admin, d.group) == [leaving.instance_id]
         assert leaving.terminate() == 0, leaving.log()[-3000:]
         assert _members(kafka_admin, d.group) == []  # a static member that left: not waiting for the timeout
-        other = Serve(model_dir, d, kafka_bootstrap, tmp_path, *SESSION, name="other")
+        other = Serve(model_dir, d, kafka_bootstrap, tmp_path, *SESSION, client=kafka_client, name="other")
         assert _ready_in(other) < 15
         assert other.metric("streamer_kafka_assigned_partitions") == 2
         assert other.terminate() == 0
@@ -106,18 +108,19 @@ def test_sigterm_leaves_the_group_so_another_instance_takes_over_at_once(kafka_b
                 s.kill()
 
 
-def test_stay_in_group_keeps_the_membership_for_a_restart(kafka_bootstrap, kafka_admin, deployment, small_model,
-                                                          tmp_path):
+def test_stay_in_group_keeps_the_membership_for_a_restart(kafka_client, kafka_bootstrap, kafka_admin, deployment,
+                                                          small_model, tmp_path):
     _, model_dir = small_model
     d = deployment()
-    staying = Serve(model_dir, d, kafka_bootstrap, tmp_path, *SESSION, "--stay-in-group", name="staying")
+    staying = Serve(model_dir, d, kafka_bootstrap, tmp_path, *SESSION, "--stay-in-group", client=kafka_client,
+                    name="staying")
     again = None
     try:
         staying.wait_ready()
         assert staying.terminate() == 0, staying.log()[-3000:]
         assert _members(kafka_admin, d.group) == [staying.instance_id]  # still a member until the session times out
-        again = Serve(model_dir, d, kafka_bootstrap, tmp_path, *SESSION, "--stay-in-group", name="again",
-                      instance_id=staying.instance_id)
+        again = Serve(model_dir, d, kafka_bootstrap, tmp_path, *SESSION, "--stay-in-group", client=kafka_client,
+                      name="again", instance_id=staying.instance_id)
         assert _ready_in(again) < 15
         assert again.metric("streamer_kafka_rebalances_total", event="revoked") <= 1
         assert again.terminate() == 0
@@ -127,16 +130,17 @@ def test_stay_in_group_keeps_the_membership_for_a_restart(kafka_bootstrap, kafka
                 s.kill()
 
 
-def test_two_live_processes_with_one_instance_id_the_older_is_fenced_and_stops(kafka_bootstrap, deployment,
-                                                                                small_model, tmp_path):
+def test_two_live_processes_with_one_instance_id_the_older_is_fenced_and_stops(kafka_client, kafka_bootstrap,
+                                                                               deployment, small_model, tmp_path):
     model, model_dir = small_model
     d = deployment()
     seqs = make_sequences(6, 8, F, seed=2, prefix="f")
-    older = Serve(model_dir, d, kafka_bootstrap, tmp_path, name="older")
+    older = Serve(model_dir, d, kafka_bootstrap, tmp_path, client=kafka_client, name="older")
     newer = None
     try:
         older.wait_ready()
-        newer = Serve(model_dir, d, kafka_bootstrap, tmp_path, name="newer", instance_id=older.instance_id)
+        newer = Serve(model_dir, d, kafka_bootstrap, tmp_path, client=kafka_client, name="newer",
+                      instance_id=older.instance_id)
         newer.wait_ready()
         produce(kafka_bootstrap, d.input, event_messages(seqs))
         assert older.wait(timeout_s=60) == 2, older.log()[-3000:]

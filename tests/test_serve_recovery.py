@@ -55,15 +55,15 @@ def _all_steps(seqs) -> int:
 
 
 @pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
-def test_kill_9_mid_run_then_restart_loses_nothing(kafka_bootstrap, kafka_admin, small_model, tmp_path,
-                                                  exactly_once):
+def test_kill_9_mid_run_then_restart_loses_nothing(kafka_client, kafka_bootstrap, kafka_admin, small_model,
+                                                  tmp_path, exactly_once):
     model, model_dir = small_model
     d = _create(kafka_admin, 3, "crash")
     extra = ["--exactly-once", "--transactional-id", unique_name("txid")] if exactly_once else []
     isolation = "read_committed" if exactly_once else "read_uncommitted"
     seqs = make_sequences(24, 40, F, seed=11)
     total = _all_steps(seqs)
-    first = Serve(model_dir, d, kafka_bootstrap, tmp_path, *extra, name="first")
+    first = Serve(model_dir, d, kafka_bootstrap, tmp_path, *extra, name="first", client=kafka_client)
     second = None
     try:
         first.wait_ready()
@@ -71,7 +71,7 @@ def test_kill_9_mid_run_then_restart_loses_nothing(kafka_bootstrap, kafka_admin,
         partial = _wait_steps(kafka_bootstrap, d.output, total // 3, isolation, timeout_s=30)
         assert count_steps(partial) < total, "the run finished before the kill: not a mid-run crash"
         first.kill(dump=False)  # SIGKILL: no checkpoint, no goodbye
-        second = Serve(model_dir, d, kafka_bootstrap, tmp_path, *extra, name="second",
+        second = Serve(model_dir, d, kafka_bootstrap, tmp_path, *extra, name="second", client=kafka_client,
                        instance_id=first.instance_id)  # the same instance restarted: its partitions at once
         feeder.join()
         records = _wait_steps(kafka_bootstrap, d.output, total, isolation, settle_s=2.0 if exactly_once else 0.0)
@@ -90,12 +90,14 @@ def test_kill_9_mid_run_then_restart_loses_nothing(kafka_bootstrap, kafka_admin,
         d.delete(kafka_admin)
 
 
-def test_a_killed_group_member_s_streams_continue_elsewhere(kafka_bootstrap, kafka_admin, small_model, tmp_path):
+def test_a_killed_group_member_s_streams_continue_elsewhere(kafka_client, kafka_bootstrap, kafka_admin, small_model,
+                                                            tmp_path):
     model, model_dir = small_model
     d = _create(kafka_admin, 6, "rebal")
     seqs = make_sequences(36, 50, F, seed=12)
     total = _all_steps(seqs)
-    members = [Serve(model_dir, d, kafka_bootstrap, tmp_path, name=f"member{i}") for i in range(3)]
+    members = [Serve(model_dir, d, kafka_bootstrap, tmp_path, name=f"member{i}", client=kafka_client)
+               for i in range(3)]
     try:
         for m in members:
             m.wait_ready()
@@ -107,6 +109,10 @@ def test_a_killed_group_member_s_streams_continue_elsewhere(kafka_bootstrap, kaf
         partial = _wait_steps(kafka_bootstrap, d.output, total // 3, timeout_s=30)
         assert count_steps(partial) < total
         victim, survivors = members[0], members[1:]
+        deadline = time.monotonic() + 30  # the victim has checkpointed streams of its own: they must move
+        while victim.metric("streamer_kafka_changelog_records_total", kind="state") == 0:
+            assert time.monotonic() < deadline, "the victim never checkpointed a stream"
+            time.sleep(0.2)
         victim.kill(dump=False)
         feeder.join()
         records = _wait_steps(kafka_bootstrap, d.output, total, timeout_s=120)
@@ -122,11 +128,11 @@ def test_a_killed_group_member_s_streams_continue_elsewhere(kafka_bootstrap, kaf
         d.delete(kafka_admin)
 
 
-def test_no_broker_at_start_up_is_retried_counted_and_stoppable(small_model, tmp_path):
+def test_no_broker_at_start_up_is_retried_counted_and_stoppable(kafka_client, small_model, tmp_path):
     """Brokers unreachable: serve keeps retrying (not ready, failures counted), and SIGTERM still exits 0."""
     _, model_dir = small_model
     d = Deployment("nobroker", 1)
-    serve = Serve(model_dir, d, f"127.0.0.1:{_free_port()}", tmp_path, name="nobroker")
+    serve = Serve(model_dir, d, f"127.0.0.1:{_free_port()}", tmp_path, name="nobroker", client=kafka_client)
     try:
         deadline = time.monotonic() + 30
         while serve.metric("streamer_kafka_errors_total", kind="connect") < 1:
@@ -167,7 +173,7 @@ def private_broker(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_broker_stops_for_a_while_and_nothing_is_lost(private_broker, small_model, tmp_path):
+def test_the_broker_stops_for_a_while_and_nothing_is_lost(kafka_client, private_broker, small_model, tmp_path):
     bootstrap, sh = private_broker
     model, model_dir = small_model
     admin = make_admin(bootstrap)
@@ -178,7 +184,8 @@ def test_the_broker_stops_for_a_while_and_nothing_is_lost(private_broker, small_
     seqs = make_sequences(16, 60, F, seed=13)
     total = _all_steps(seqs)
     # records may wait 5 s for the broker: a longer outage fails the checkpoint and serve rewinds to the last one
-    serve = Serve(model_dir, d, bootstrap, tmp_path, "--checkpoint-timeout", "5", name="outage")
+    serve = Serve(model_dir, d, bootstrap, tmp_path, "--checkpoint-timeout", "5", name="outage",
+                  client=kafka_client)
     try:
         serve.wait_ready()
         feeder = Feeder(bootstrap, d.input, seqs, step_delay=0.1).start()

@@ -43,13 +43,13 @@ def _wait_committed(bootstrap, d, serve, timeout_s=60.0):
         time.sleep(0.3)
 
 
-def test_kcat_default_partitioner_splits_streams_and_serve_says_so(kafka_bootstrap, kafka_admin, small_model,
-                                                                   tmp_path):
+def test_kcat_default_partitioner_splits_streams_and_serve_says_so(kafka_client, kafka_bootstrap, kafka_admin,
+                                                                   small_model, tmp_path):
     model, model_dir = small_model
     hs.need_kcat()
     d = Deployment("route", N)
     topic_admin.ensure(kafka_admin, Topics(d.input, d.output, d.dlq, d.changelog), create=True, partitions=N)
-    serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, name="route")
+    serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, client=kafka_client, name="route")
     try:
         serve.wait_ready()
         # 50 streams: step 0 by kcat with its default partitioner, step 1 by kafka-python (murmur2)

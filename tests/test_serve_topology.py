@@ -39,11 +39,11 @@ def _streams_on_new_partitions(n_old: int, n_new: int, count: int):
     return {sid: x for sid, x in seqs.items() if murmur2_partition(sid.encode(), n_new) >= n_old}
 
 
-def test_added_partitions_are_served_after_the_changelog_gets_them(kafka_bootstrap, kafka_admin, small_model,
-                                                                   tmp_path):
+def test_added_partitions_are_served_after_the_changelog_gets_them(kafka_client, kafka_bootstrap, kafka_admin,
+                                                                   small_model, tmp_path):
     model, model_dir = small_model
     d = _deployment(kafka_admin, 2)
-    serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, "--create-topics", name="grow")
+    serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, "--create-topics", client=kafka_client, name="grow")
     try:
         serve.wait_ready()
         old = make_sequences(6, 5, F, seed=8, prefix="old")
@@ -75,11 +75,11 @@ def test_added_partitions_are_served_after_the_changelog_gets_them(kafka_bootstr
         d.delete(kafka_admin)
 
 
-def test_added_partitions_without_create_topics_stop_serve_with_one_clear_line(kafka_bootstrap, kafka_admin,
-                                                                               small_model, tmp_path):
+def test_added_partitions_without_create_topics_stop_serve_with_one_clear_line(kafka_client, kafka_bootstrap,
+                                                                               kafka_admin, small_model, tmp_path):
     _, model_dir = small_model
     d = _deployment(kafka_admin, 2)
-    serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, name="grow-refused")
+    serve = Serve(model_dir, d, kafka_bootstrap, tmp_path, client=kafka_client, name="grow-refused")
     try:
         serve.wait_ready()
         kafka_admin.create_partitions({d.input: 3})

@@ -5,13 +5,15 @@ test_serve_recovery.py."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
-from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streamer.errors import UserError
-from streamer.kafka import changelog
+from streamer.kafka import changelog, kafka_python
 from streamer.kafka.checkpoint import Checkpoint, DeliveryError
+from streamer.kafka.client import ClientError
 from streamer.kafka.config import ClientTuning, Connection, connection_from_args
 from streamer.kafka.restore import ModelChanged, Restorer
 from streamer.kafka.topics import Topics
@@ -20,27 +22,15 @@ from streamer.state import StateMismatch, StateStore, StreamRecord
 CL = "grp-events-changelog"
 
 
-class _Future:
-    def __init__(self, producer, error=None):
-        self._producer, self._error = producer, error
-
-    def add_both(self, fn, *args):
-        result = self._error if self._error is not None else "metadata"
-        if self._producer.auto:
-            fn(*args, result)
-        else:
-            self._producer.unresolved.append(lambda: fn(*args, result))
-        return self
-
-
 class RecordingProducer:
-    """Stands in for KafkaProducer where only the order of calls matters. Deliveries resolve at once,
-    or (auto=False) when `resolve()` is called."""
+    """Stands in for a `streamer.kafka.client.Producer` where only the order of calls matters. Deliveries
+    resolve at once, or (auto=False) when `resolve()` is called."""
 
-    def __init__(self, fail_topic: str | None = None, auto: bool = True):
+    def __init__(self, fail_topic: str | None = None, auto: bool = True, background_sends: bool = True):
         self.calls: list[tuple] = []
         self.fail_topic = fail_topic
         self.auto = auto
+        self.background_sends = background_sends
         self.unresolved: list = []
 
     def resolve(self):
@@ -48,19 +38,31 @@ class RecordingProducer:
             fn()
         self.unresolved.clear()
 
-    def send(self, topic, value=None, key=None, partition=None):
+    def send(self, topic, key, value, partition, on_done):
         self.calls.append(("send", topic, key, value, partition))
-        return _Future(self, RuntimeError("broker said no") if topic == self.fail_topic else None)
+        error = DeliveryError("broker said no") if topic == self.fail_topic else None
+        if self.auto:
+            on_done(error)
+        else:
+            self.unresolved.append(lambda: on_done(error))
 
-    def flush(self, timeout=None):
+    def send_many(self, topic, keys, values, partitions, on_done):
+        for i, (key, value) in enumerate(zip(keys, values)):
+            self.send(topic, key, value, None if partitions is None else partitions[i], on_done)
+
+    def poll(self):
+        pass
+
+    def flush(self, timeout_s=None):
         self.resolve()
         self.calls.append(("flush",))
+        return True
 
     def begin_transaction(self):
         self.calls.append(("begin",))
 
-    def send_offsets_to_transaction(self, offsets, group_metadata):
-        self.calls.append(("offsets", dict(offsets), group_metadata))
+    def send_offsets_to_transaction(self, topic, offsets, group_metadata):
+        self.calls.append(("offsets", topic, dict(offsets), group_metadata))
 
     def commit_transaction(self):
         self.calls.append(("commit",))
@@ -87,7 +89,7 @@ def store_with(streams: dict[str, int], version="v1", size=4) -> StateStore:
     return st
 
 
-OFFSETS = {TopicPartition("events", 0): OffsetAndMetadata(10, "", -1)}
+OFFSETS = {0: 10}  # input partition -> next offset
 
 
 # --------------------------------------------------------------------------- codec
@@ -138,8 +140,9 @@ def test_a_failed_delivery_fails_the_checkpoint_before_the_offsets():
         cp.commit(store_with({"a": 0}), OFFSETS, lambda o: pytest.fail("offsets committed after a lost record"))
 
 
-def test_the_pipelined_checkpoint_commits_only_after_every_record_is_acknowledged():
-    producer = RecordingProducer(auto=False)
+@pytest.mark.parametrize("background", [True, False], ids=["sender-thread", "inline"])
+def test_the_pipelined_checkpoint_commits_only_after_every_record_is_acknowledged(background):
+    producer = RecordingProducer(auto=False, background_sends=background)
     cp = Checkpoint(producer, CL, exactly_once=False)
     st = store_with({"a": 0, "b": 1})
     cp.send_many("predictions", [b"a", b"b"], [b"{}", b"{}"])
@@ -180,8 +183,7 @@ def test_tombstones_wait_for_the_commit_that_covers_the_end():
 
     def commit(o):
         if fail[0]:
-            from kafka.errors import CommitFailedError
-            raise CommitFailedError("rebalance")
+            raise ClientError("CommitFailedError: rebalance", kind="commit")
 
     st.free_ids(["b"])  # b ends; this interval's commit fails
     assert cp.commit(st, OFFSETS, commit) is False
@@ -224,7 +226,7 @@ def test_exactly_once_puts_everything_in_one_transaction():
     st.free_ids(["b"])
     cp.commit_transaction(st, OFFSETS, "group-metadata")
     assert producer.kinds() == ["begin", "output", "output", "tombstone", "state", "flush", "offsets", "commit"]
-    assert producer.calls[-2] == ("offsets", OFFSETS, "group-metadata")
+    assert producer.calls[-2] == ("offsets", "events", OFFSETS, "group-metadata")
     producer.calls.clear()
     cp.commit_transaction(st, {}, "group-metadata")  # nothing new: no empty transaction
     assert producer.calls == []
@@ -286,11 +288,69 @@ def test_connection_settings_map_to_kafka_python_and_refuse_bad_combinations(tmp
         with pytest.raises(UserError):
             c.validate()
     tuning = ClientTuning(exactly_once=True, transactional_id="t-1")
-    assert tuning.consumer_kwargs(conn)["isolation_level"] == "read_committed"
-    assert tuning.consumer_kwargs(conn)["enable_auto_commit"] is False
-    assert tuning.producer_kwargs(conn)["transactional_id"] == "t-1"
-    assert ClientTuning().consumer_kwargs(conn)["isolation_level"] == "read_uncommitted"
-    assert "transactional_id" not in ClientTuning().producer_kwargs(conn)
+    assert kafka_python.consumer_kwargs(conn, tuning)["isolation_level"] == "read_committed"
+    assert kafka_python.consumer_kwargs(conn, tuning)["enable_auto_commit"] is False
+    assert kafka_python.producer_kwargs(conn, tuning)["transactional_id"] == "t-1"
+    assert kafka_python.consumer_kwargs(conn, ClientTuning())["isolation_level"] == "read_uncommitted"
+    assert "transactional_id" not in kafka_python.producer_kwargs(conn, ClientTuning())
+    static = ClientTuning(group_instance_id="member-1", metadata_max_age_ms=4000, max_request_size=1 << 20)
+    assert kafka_python.consumer_kwargs(conn, static)["group_instance_id"] == "member-1"
+    assert kafka_python.consumer_kwargs(conn, static)["metadata_max_age_ms"] == 4000
+    assert kafka_python.producer_kwargs(conn, static)["max_request_size"] == 1 << 20
+
+
+def test_kafka_python_errors_translate_to_client_errors():
+    from kafka.errors import FencedInstanceIdError, GroupAuthorizationFailedError, KafkaTimeoutError
+
+    from streamer.kafka.client import ClientTimeout, FatalClientError, Fenced
+
+    assert isinstance(kafka_python.translate(FencedInstanceIdError(), "poll"), Fenced)
+    refused = kafka_python.translate(GroupAuthorizationFailedError("grp"), "poll")
+    assert type(refused) is FatalClientError and refused.name == "GroupAuthorizationFailedError"
+    assert isinstance(refused.cause, GroupAuthorizationFailedError)  # what streamer.kafka.failures reads
+    assert type(kafka_python.translate(KafkaTimeoutError("slow"), "connect")) is ClientTimeout
+
+
+def test_connection_settings_map_to_librdkafka(tmp_path):
+    confluent = pytest.importorskip("streamer.kafka.confluent")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    conn = Connection("k1:9093, k2:9093", "SASL_SSL", ssl_cafile=str(ca), sasl_mechanism="SCRAM-SHA-512",
+                      sasl_username="svc", sasl_password="s3cret", ssl_check_hostname=False).validate()
+    c = conn.librdkafka_config()
+    assert c["bootstrap.servers"] == "k1:9093,k2:9093" and c["security.protocol"] == "sasl_ssl"
+    assert (c["ssl.ca.location"], c["ssl.endpoint.identification.algorithm"]) == (str(ca), "none")
+    assert (c["sasl.mechanism"], c["sasl.username"], c["sasl.password"]) == ("SCRAM-SHA-512", "svc", "s3cret")
+    plain = Connection("k:9092").validate().librdkafka_config()
+    assert "sasl.mechanism" not in plain and "ssl.ca.location" not in plain
+    eos = ClientTuning(exactly_once=True, transactional_id="t-1", transaction_timeout_ms=10000,
+                       delivery_timeout_ms=30000, group_instance_id="member-1")
+    consumer = confluent.consumer_config(conn, eos)
+    assert consumer["isolation.level"] == "read_committed" and consumer["enable.auto.commit"] is False
+    assert consumer["partition.assignment.strategy"] == "cooperative-sticky"
+    assert consumer["group.instance.id"] == "member-1"
+    producer = confluent.producer_config(conn, eos)
+    assert producer["transactional.id"] == "t-1" and producer["enable.idempotence"] is True
+    assert producer["message.timeout.ms"] == 10000  # capped at transaction.timeout.ms, as librdkafka requires
+    assert producer["partitioner"] == "murmur2_random"  # the Java clients' partitioner: same key, same partition
+    alo = ClientTuning()
+    assert confluent.consumer_config(conn, alo)["isolation.level"] == "read_uncommitted"
+    assert "transactional.id" not in confluent.producer_config(conn, alo)
+    assert "group.instance.id" not in confluent.consumer_config(conn, alo)
+    for config in (confluent.consumer_config(conn, alo), confluent.producer_config(conn, alo)):
+        assert config["topic.metadata.refresh.interval.ms"] == 5000  # added partitions seen in seconds
+    assert confluent.producer_config(conn, alo)["message.max.bytes"] == alo.max_request_size
+    assert confluent.reader_config(conn, alo)["group.id"] == alo.group_id  # (a group serve has an ACL for)
+    assert "debug" not in confluent.consumer_config(conn, alo)
+    assert confluent.consumer_config(conn, ClientTuning(client_debug=True))["debug"] == "generic,broker,security,conf"
+
+
+def test_an_unknown_kafka_client_from_the_environment_is_a_clear_error(monkeypatch):
+    from streamer.cli import build_parser
+
+    monkeypatch.setenv("STREAMER_KAFKA_CLIENT", "rdkafka")
+    with pytest.raises(UserError, match="STREAMER_KAFKA_CLIENT.*kafka-python, confluent"):
+        build_parser()
 
 
 def test_serve_flags_come_from_the_environment(monkeypatch):
@@ -318,3 +378,83 @@ def test_topic_names():
         Topics.named("grp", "events", output="events")
     with pytest.raises(UserError):
         Topics.named("grp", "bad topic")
+
+
+# --------------------------------------------------------------------------- librdkafka events
+
+
+def test_librdkafka_statistics_and_error_events_map_to_connections_lag_and_failures():
+    """What the confluent client makes of librdkafka's statistics (connections up, per-partition high
+    watermark or, under read_committed, last stable offset) and of its error events (all brokers down:
+    no connection; an authentication failure: fatal, raised on the main thread; anything else: counted)."""
+    rdkafka = pytest.importorskip("streamer.kafka.rdkafka")
+    from confluent_kafka import KafkaError
+    from prometheus_client import CollectorRegistry
+
+    from streamer.kafka.client import FatalClientError, Fenced
+    from streamer.kafka.metrics import KafkaMetrics
+
+    metrics = KafkaMetrics(CollectorRegistry())
+    events = rdkafka._Events(metrics, "events", committed_reads=True)
+    stats = {"brokers": {"127.0.0.1:9092/bootstrap": {"source": "configured", "state": "UP"},
+                         "127.0.0.1:9092/1": {"source": "learned", "state": "UP"},
+                         "GroupCoordinator": {"source": "logical", "state": "UP"}},
+             "topics": {"events": {"partitions": {"0": {"hi_offset": 50, "ls_offset": 40},
+                                                  "1": {"hi_offset": -1, "ls_offset": -1},
+                                                  "-1": {"hi_offset": -1, "ls_offset": -1}}}}}
+    events.on_stats(json.dumps(stats))
+    assert events.connections == 2 and events.highwater == {0: 40}
+    assert events.partitions == 2  # the topic's partitions in the client's metadata (-1: unassigned messages)
+    events.on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "all down"))
+    assert events.down
+    stats["brokers"] = {k: {**v, "state": "DOWN"} for k, v in stats["brokers"].items()}
+    events.on_stats(json.dumps(stats))
+    assert events.down and events.connections == 0
+    events.on_error(KafkaError(KafkaError._MSG_TIMED_OUT, "timed out"))
+    assert metrics.errors.labels("poll")._value.get() == 1
+    events.raise_fatal()  # nothing fatal yet
+    events.on_error(KafkaError(KafkaError._AUTHENTICATION, "SASL authentication error: bad password"))
+    with pytest.raises(FatalClientError, match="_AUTHENTICATION"):
+        events.raise_fatal()
+    refused = rdkafka.translate(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "no"), "poll", topic="events")
+    assert refused.fatal and refused.kind == "poll" and refused.name == "TOPIC_AUTHORIZATION_FAILED"
+    assert refused.topic == "events" and refused.cause.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    timeout = rdkafka.translate(KafkaError(KafkaError._TIMED_OUT, "slow"), "connect")
+    assert not timeout.fatal and type(timeout).__name__ == "ClientTimeout"
+    # a fenced static member: FENCED_INSTANCE_ID, or the consumer's _FATAL error that names it
+    for err in (KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced"),
+                KafkaError(KafkaError._FATAL, "Fatal error: Broker: Static consumer fenced by other consumer with "
+                                              "same group.instance.id", fatal=True)):
+        assert isinstance(rdkafka.translate(err, "poll"), Fenced)
+    assert type(rdkafka.translate(KafkaError(KafkaError._FATAL, "other", fatal=True), "poll")) is FatalClientError
+
+
+def test_librdkafka_error_events_are_explained_in_one_line_and_probed_only_while_starting():
+    """With the factory (`Clients.explain`), an error event that retrying cannot fix becomes the one-line
+    UserError of streamer.kafka.failures, raised on the main thread; a transport error is probed (one
+    connection the client's way) only while serve starts, and at most every PROBE_EVERY_S."""
+    rdkafka = pytest.importorskip("streamer.kafka.rdkafka")
+    from confluent_kafka import KafkaError
+
+    from streamer.kafka import acls
+    from streamer.kafka.client import make_clients
+
+    conn = Connection("127.0.0.1:1", "SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="svc",
+                      sasl_password="s3cret").validate()
+    needs = acls.serve_needs(Topics.named("grp", "events"), "grp")
+    clients = make_clients("confluent", conn, ClientTuning(group_id="grp"), "events", needs=needs)
+    probed = []
+    clients.explain = lambda err, probe: probed.append(probe) or type(clients).explain(clients, err, probe=False)
+    events = rdkafka._Events(clients=clients)
+    events.on_error(KafkaError(KafkaError._TRANSPORT, "connection refused"))
+    events.on_error(KafkaError(KafkaError._TRANSPORT, "connection refused"))
+    assert probed == [True, False] and events.fatal is None  # probed once, then waited out
+    clients.serving()
+    events._probed = -1e9
+    events.on_error(KafkaError(KafkaError._TRANSPORT, "connection refused"))
+    assert probed[-1] is False
+    events.on_error(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "Broker: Group authorization failed"))
+    with pytest.raises(UserError, match=r"^not authorized: User:svc may not Read on group grp "
+                                        r"\(GROUP_AUTHORIZATION_FAILED\); grant it"):
+        events.raise_fatal()
+    assert "s3cret" not in str(events.fatal)

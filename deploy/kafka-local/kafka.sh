@@ -286,7 +286,7 @@ format_storage() {
   # Static quorum (controller.quorum.voters), so no --standalone.
   local args="$STATE/format.args" rc=0
   (umask 077
-   echo "kafka.tools.StorageTool format -t $id -c \"$CONF\"" >"$args"
+   echo "kafka.tools.StorageTool format --cluster-id=$id -c \"$CONF\"" >"$args"  # (= : an id may start with -)
    if [ "$SECURITY" = sasl_ssl ]; then scram_args >>"$args"; fi)
   java -cp "$LIB/*" @"$args" >>"$STATE/format.log" 2>&1 || rc=$?
   rm -f "$args"

@@ -21,9 +21,7 @@ DEFAULT_METRICS_PORT = 8000
 
 def register(subparsers) -> None:
     from streamer.cli import env_default
-    from streamer.kafka.config import COMPRESSION_TYPES, add_connection_options, add_topic_options
-    from streamer.config import KEY_MISMATCH_POLICIES
-    from streamer.kafka.restore import MODEL_CHANGE_POLICIES
+    from streamer.kafka.config import COMPRESSION_TYPES, add_client_option, add_connection_options, add_topic_options
 
     p = subparsers.add_parser(
         "serve",
@@ -42,6 +40,7 @@ def register(subparsers) -> None:
                    help="a converted step-model directory (no TensorFlow needed), a `streamer train` directory or "
                         "a .keras or Keras 2 .h5 model file [STREAMER_MODEL]")
     add_connection_options(p)
+    add_client_option(p.add_argument_group("Kafka client"))
     add_topic_options(p)
 
     g = p.add_argument_group("topic creation")
@@ -58,57 +57,8 @@ def register(subparsers) -> None:
                    help="replication factor of created topics (default -1: the broker's default) "
                         "[STREAMER_REPLICATION_FACTOR]")
 
-    g = p.add_argument_group("delivery and state")
-    g.add_argument("--exactly-once", action="store_true", default=env_default("exactly_once", False, _flag),
-                   help="predictions, dead letters, changelog records and input offsets in one transaction per "
-                        "checkpoint; read them with isolation.level=read_committed [STREAMER_EXACTLY_ONCE=1]")
-    g.add_argument("--transactional-id", metavar="ID", default=env_default("transactional_id", None),
-                   help="--exactly-once: this instance's transactional.id, stable across its restarts and unique "
-                        "per instance; default streamer-<group>-<input>-<hostname> [STREAMER_TRANSACTIONAL_ID]")
-    g.add_argument("--transaction-timeout-ms", type=_int_at_least(1000), metavar="MS",
-                   default=env_default("transaction_timeout_ms", 10000, _int_at_least(1000)),
-                   help="--exactly-once: the broker aborts a transaction left open this long by a dead instance "
-                        "(default 10000) [STREAMER_TRANSACTION_TIMEOUT_MS]")
-    g.add_argument("--checkpoint-interval", type=_seconds, metavar="SECONDS",
-                   default=env_default("checkpoint_interval", None, _seconds),
-                   help="seconds between checkpoints: changelog + offsets (at most this much input is replayed "
-                        "after a crash), or one transaction commit under --exactly-once (then also how long "
-                        "predictions wait to become visible to read_committed readers); default 5, or 1 with "
-                        "--exactly-once [STREAMER_CHECKPOINT_INTERVAL]")
-    g.add_argument("--checkpoint-timeout", type=_seconds, metavar="SECONDS",
-                   default=env_default("checkpoint_timeout", 30.0, _seconds),
-                   help="how long a produced record may wait for the broker (delivery.timeout.ms): shorter "
-                        "broker outages are waited out; after a longer one the checkpoint fails and serve rewinds "
-                        "to the previous one and replays (default 30) [STREAMER_CHECKPOINT_TIMEOUT]")
-    g.add_argument("--on-model-change", choices=MODEL_CHANGE_POLICIES,
-                   default=env_default("on_model_change", "reset"),
-                   help="checkpointed state made by another model version: reset (default: start those streams "
-                        "from the initial state, keep their step counters) or refuse (exit 2) "
-                        "[STREAMER_ON_MODEL_CHANGE]")
-
-    g = p.add_argument_group("group membership and routing")
-    g.add_argument("--instance-id", metavar="ID", default=env_default("instance_id", None),
-                   help="static group membership (group.instance.id): stable across this instance's restarts and "
-                        "unique per instance, so a restarted instance gets its partitions back at once instead of "
-                        "after --session-timeout-ms; default streamer-<group>-<input>-<hostname> "
-                        "[STREAMER_INSTANCE_ID]")
-    g.add_argument("--dynamic-membership", action="store_true",
-                   default=env_default("dynamic_membership", False, _flag),
-                   help="join as a dynamic member (no --instance-id): for hosts without a stable name; a dead "
-                        "instance's partitions then wait for the session timeout [STREAMER_DYNAMIC_MEMBERSHIP=1]")
-    g.add_argument("--stay-in-group", action="store_true", default=env_default("stay_in_group", False, _flag),
-                   help="on SIGTERM keep this static member's partitions until --session-timeout-ms instead of "
-                        "leaving the group: a restart within that time gets them back without any rebalance "
-                        "(rolling restarts); a scale-down leaves them unserved until then [STREAMER_STAY_IN_GROUP=1]")
-    g.add_argument("--on-key-mismatch", choices=KEY_MISMATCH_POLICIES,
-                   default=env_default("on_key_mismatch", "accept"),
-                   help="a message whose key is missing or is not its stream_id: accept (default: serve it; "
-                        "counted in streamer_key_mismatch_total and logged) or reject (dead letter key_mismatch) "
-                        "[STREAMER_ON_KEY_MISMATCH]")
-    g.add_argument("--metadata-max-age-ms", type=_int_at_least(100), metavar="MS",
-                   default=env_default("metadata_max_age_ms", 5000, _int_at_least(100)),
-                   help="refresh the input topic's metadata this often, so that added partitions are noticed "
-                        "(default 5000) [STREAMER_METADATA_MAX_AGE_MS]")
+    _add_delivery_options(p)
+    _add_membership_options(p)
 
     g = p.add_argument_group("consumer and producer tuning")
     g.add_argument("--poll-max-records", type=_int_at_least(1), metavar="N",
@@ -142,11 +92,76 @@ def register(subparsers) -> None:
                    default=env_default("log_level", "INFO"), help="default INFO [STREAMER_LOG_LEVEL]")
     g.add_argument("--kafka-log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                    default=env_default("kafka_log_level", "CRITICAL"),
-                   help="kafka-python's own logging (it logs every failed reconnect as an ERROR; serve reports "
-                        "what matters itself); default CRITICAL [STREAMER_KAFKA_LOG_LEVEL]")
+                   help="the Kafka client's own logging (logger `kafka`; librdkafka's is `kafka.librdkafka`): "
+                        "both log every failed reconnect, serve reports what matters itself; default CRITICAL "
+                        "[STREAMER_KAFKA_LOG_LEVEL]")
     add_engine_options(p)
     add_metrics_options(p, default_port=DEFAULT_METRICS_PORT)
     p.set_defaults(func=run)
+
+
+def _add_delivery_options(p) -> None:
+    """Delivery (at-least-once or exactly-once), checkpoints and model changes."""
+    from streamer.cli import env_default
+    from streamer.kafka.restore import MODEL_CHANGE_POLICIES
+
+    g = p.add_argument_group("delivery and state")
+    g.add_argument("--exactly-once", action="store_true", default=env_default("exactly_once", False, _flag),
+                   help="predictions, dead letters, changelog records and input offsets in one transaction per "
+                        "checkpoint; read them with isolation.level=read_committed [STREAMER_EXACTLY_ONCE=1]")
+    g.add_argument("--transactional-id", metavar="ID", default=env_default("transactional_id", None),
+                   help="--exactly-once: this instance's transactional.id, stable across its restarts and unique "
+                        "per instance; default streamer-<group>-<input>-<hostname> [STREAMER_TRANSACTIONAL_ID]")
+    g.add_argument("--transaction-timeout-ms", type=_int_at_least(1000), metavar="MS",
+                   default=env_default("transaction_timeout_ms", 10000, _int_at_least(1000)),
+                   help="--exactly-once: the broker aborts a transaction left open this long by a dead instance "
+                        "(default 10000) [STREAMER_TRANSACTION_TIMEOUT_MS]")
+    g.add_argument("--checkpoint-interval", type=_seconds, metavar="SECONDS",
+                   default=env_default("checkpoint_interval", None, _seconds),
+                   help="seconds between checkpoints: changelog + offsets (at most this much input is replayed "
+                        "after a crash), or one transaction commit under --exactly-once (then also how long "
+                        "predictions wait to become visible to read_committed readers); default 5, or 1 with "
+                        "--exactly-once [STREAMER_CHECKPOINT_INTERVAL]")
+    g.add_argument("--checkpoint-timeout", type=_seconds, metavar="SECONDS",
+                   default=env_default("checkpoint_timeout", 30.0, _seconds),
+                   help="how long a produced record may wait for the broker (delivery.timeout.ms): shorter "
+                        "broker outages are waited out; after a longer one the checkpoint fails and serve rewinds "
+                        "to the previous one and replays (default 30) [STREAMER_CHECKPOINT_TIMEOUT]")
+    g.add_argument("--on-model-change", choices=MODEL_CHANGE_POLICIES,
+                   default=env_default("on_model_change", "reset"),
+                   help="checkpointed state made by another model version: reset (default: start those streams "
+                        "from the initial state, keep their step counters) or refuse (exit 2) "
+                        "[STREAMER_ON_MODEL_CHANGE]")
+
+
+def _add_membership_options(p) -> None:
+    """Static membership (streamer.kafka.membership), keys and partitions (streamer.kafka.routing, topology)."""
+    from streamer.cli import env_default
+    from streamer.config import KEY_MISMATCH_POLICIES
+
+    g = p.add_argument_group("group membership and routing")
+    g.add_argument("--instance-id", metavar="ID", default=env_default("instance_id", None),
+                   help="static group membership (group.instance.id): stable across this instance's restarts and "
+                        "unique per instance, so a restarted instance gets its partitions back at once instead of "
+                        "after --session-timeout-ms; default streamer-<group>-<input>-<hostname> "
+                        "[STREAMER_INSTANCE_ID]")
+    g.add_argument("--dynamic-membership", action="store_true",
+                   default=env_default("dynamic_membership", False, _flag),
+                   help="join as a dynamic member (no --instance-id): for hosts without a stable name; a dead "
+                        "instance's partitions then wait for the session timeout [STREAMER_DYNAMIC_MEMBERSHIP=1]")
+    g.add_argument("--stay-in-group", action="store_true", default=env_default("stay_in_group", False, _flag),
+                   help="on SIGTERM keep this static member's partitions until --session-timeout-ms instead of "
+                        "leaving the group: a restart within that time gets them back without any rebalance "
+                        "(rolling restarts); a scale-down leaves them unserved until then [STREAMER_STAY_IN_GROUP=1]")
+    g.add_argument("--on-key-mismatch", choices=KEY_MISMATCH_POLICIES,
+                   default=env_default("on_key_mismatch", "accept"),
+                   help="a message whose key is missing or is not its stream_id: accept (default: serve it; "
+                        "counted in streamer_key_mismatch_total and logged) or reject (dead letter key_mismatch) "
+                        "[STREAMER_ON_KEY_MISMATCH]")
+    g.add_argument("--metadata-max-age-ms", type=_int_at_least(100), metavar="MS",
+                   default=env_default("metadata_max_age_ms", 5000, _int_at_least(100)),
+                   help="refresh the input topic's metadata this often, so that added partitions are noticed "
+                        "(default 5000) [STREAMER_METADATA_MAX_AGE_MS]")
 
 
 def run(args) -> int:
@@ -157,39 +172,29 @@ def run(args) -> int:
     from streamer.engine import Engine
     from streamer.errors import UserError
     from streamer.kafka import acls, failures, secrets
-    from streamer.kafka import limits as topic_limits, topics as topic_admin
-    from streamer.kafka.config import (ClientTuning, connection_from_args, default_transactional_id,
-                                       topics_from_args)
-    from streamer.kafka.membership import default_instance_id, fenced_message
+    from streamer.kafka import limits as topic_limits
+    from streamer.kafka.client import Fenced, make_clients
+    from streamer.kafka.config import connection_from_args, topics_from_args
+    from streamer.kafka.membership import fenced_message
     from streamer.kafka.metrics import KafkaMetrics
-    from streamer.kafka.service import FATAL_ERRORS, KafkaClients, KafkaService, ServeSettings, retrying
+    from streamer.kafka.service import FATAL_ERRORS, KafkaService, ServeSettings
     from streamer.metrics import Metrics
 
     _setup_logging(args.log_level, args.kafka_log_level)
-    # Four threads share the GIL (this loop, kafka-python's consumer IO loop and producer sender, the
-    # changelog sender): hand it over every 1 ms instead of 5 ms. Measured: p99 latency at 2k events/s
-    # 105 -> 64-80 ms, throughput unchanged (benchmarks/bench_kafka.py).
-    sys.setswitchinterval(0.001)
+    # kafka-python: four threads share the GIL (this loop, kafka-python's consumer IO loop and producer
+    # sender, the changelog sender): hand it over every 1 ms instead of 5 ms. Measured: p99 latency at 2k
+    # events/s 105 -> 64-80 ms, throughput unchanged (benchmarks/bench_kafka.py). librdkafka's threads
+    # hold no GIL.
+    if args.kafka_client == "kafka-python":
+        sys.setswitchinterval(0.001)
     log = logging.getLogger("streamer.serve")
     conn = connection_from_args(args)
-    secrets.mask_in_logs([conn.sasl_password, conn.ssl_key_password])  # kafka-python logs its config at DEBUG
+    # every log record, the clients' own too (kafka-python logs its config at DEBUG, librdkafka its debug contexts)
+    secrets.mask_in_logs([conn.sasl_password, conn.ssl_key_password])
     topics = topics_from_args(args)
-    if args.transactional_id is not None and not args.exactly_once:
-        raise UserError("--transactional-id only applies with --exactly-once")
+    tuning = _tuning(args, topics)
     needs = acls.serve_needs(topics, args.group_id, exactly_once=args.exactly_once,
                              transactional_id=args.transactional_id, create_topics=args.create_topics)
-    if args.instance_id is not None and args.dynamic_membership:
-        raise UserError("--instance-id and --dynamic-membership exclude each other: give one")
-    instance_id = None if args.dynamic_membership else args.instance_id or default_instance_id(args.group_id,
-                                                                                              topics.input)
-    tuning = ClientTuning(
-        group_id=args.group_id, max_poll_records=args.poll_max_records, session_timeout_ms=args.session_timeout_ms,
-        heartbeat_interval_ms=args.heartbeat_interval_ms, max_poll_interval_ms=args.max_poll_interval_ms,
-        auto_offset_reset=args.auto_offset_reset, linger_ms=args.linger_ms, compression=args.compression,
-        exactly_once=args.exactly_once, delivery_timeout_ms=int(args.checkpoint_timeout * 1000),
-        transactional_id=args.transactional_id or default_transactional_id(args.group_id, topics.input),
-        transaction_timeout_ms=args.transaction_timeout_ms, group_instance_id=instance_id,
-        metadata_max_age_ms=args.metadata_max_age_ms)
     settings = ServeSettings(
         topics=topics, exactly_once=args.exactly_once,
         checkpoint_interval_s=args.checkpoint_interval or (1.0 if args.exactly_once else 5.0),
@@ -205,35 +210,19 @@ def run(args) -> int:
         server = start_metrics_server(metrics.registry, args.metrics_host, args.metrics_port, PROG)
     stop = threading.Event()
     _install_signal_handlers(stop)
+    instance_id = tuning.group_instance_id
     log.info("model %s (%d features -> %d outputs, state %d floats); topics %s -> %s, dead letters %s, "
-             "changelog %s; group %s as %s", model.version, model.feature_size, model.output_size,
+             "changelog %s; group %s as %s; client %s", model.version, model.feature_size, model.output_size,
              model.state_size, topics.input, topics.output, topics.dlq, topics.changelog, args.group_id,
-             f"static member {instance_id}" if instance_id else "a dynamic member")
-    clients = KafkaClients(conn, tuning, needs)
+             f"static member {instance_id}" if instance_id else "a dynamic member", args.kafka_client)
+    clients = make_clients(args.kafka_client, conn, tuning, topics.input, kafka_metrics, needs)
     try:
-        admin = retrying(clients.admin, stop, kafka_metrics, "connecting to Kafka", explain=clients.explain)
-        if admin is None:
+        checked = _check_topics(clients, args, topics, stop, kafka_metrics)
+        if checked is None:
             return 0
-
-        def check_topics():
-            counts = topic_admin.ensure(admin, topics, create=args.create_topics, partitions=args.partitions,
-                                        replication_factor=args.replication_factor)
-            acls.check_topic_access(admin, needs, conn)  # a missing ACL is named now, not at the first record
-            return counts
-
-        try:
-            counts = retrying(check_topics, stop, kafka_metrics, "checking the topics", explain=clients.explain)
-            found = None if counts is None else retrying(
-                lambda: topic_limits.read(admin, topics, tuning.max_request_size), stop, kafka_metrics,
-                "reading the topics' limits", explain=clients.explain)
-        finally:
-            admin.close()
-        if counts is None or found is None:
-            return 0
+        counts, found = checked
         topic_limits.check(found, topics, model)
         clients.tuning = dataclasses.replace(tuning, batch_bytes=topic_limits.batch_bytes(found, tuning.batch_bytes))
-        log.info("topics ok: %s; largest records: %s", ", ".join(f"{name} ({n} partitions)"
-                                                                  for name, n in counts.items()), found.describe())
         settings = dataclasses.replace(settings, co_partitioned=counts[topics.output] == counts[topics.input],
                                        changelog_partitions=counts[topics.changelog],
                                        output_partitions=counts[topics.output])
@@ -246,17 +235,67 @@ def run(args) -> int:
     except FATAL_ERRORS as exc:
         if isinstance(exc, UserError):
             raise
-        from kafka.errors import FencedInstanceIdError
-
-        if isinstance(exc, FencedInstanceIdError):
+        if isinstance(exc, Fenced):
             raise UserError(fenced_message(args.group_id, instance_id)) from None
         raise UserError(failures.explain(exc, conn, needs, probe=False)
-                        or f"Kafka refused: {type(exc).__name__}: {exc}; check the security settings, ACLs "
-                           "and broker version") from None
+                        or f"Kafka refused: {exc}; check the security settings, ACLs and broker version") from None
     finally:
         if server is not None:
             server.close()
     return 0
+
+
+def _tuning(args, topics):
+    """The clients' settings from the flags (static membership unless --dynamic-membership)."""
+    from streamer.errors import UserError
+    from streamer.kafka.config import ClientTuning, default_transactional_id
+    from streamer.kafka.membership import default_instance_id
+
+    if args.transactional_id is not None and not args.exactly_once:
+        raise UserError("--transactional-id only applies with --exactly-once")
+    if args.instance_id is not None and args.dynamic_membership:
+        raise UserError("--instance-id and --dynamic-membership exclude each other: give one")
+    instance_id = None if args.dynamic_membership else args.instance_id or default_instance_id(args.group_id,
+                                                                                              topics.input)
+    return ClientTuning(
+        group_id=args.group_id, max_poll_records=args.poll_max_records, session_timeout_ms=args.session_timeout_ms,
+        heartbeat_interval_ms=args.heartbeat_interval_ms, max_poll_interval_ms=args.max_poll_interval_ms,
+        auto_offset_reset=args.auto_offset_reset, linger_ms=args.linger_ms, compression=args.compression,
+        exactly_once=args.exactly_once, delivery_timeout_ms=int(args.checkpoint_timeout * 1000),
+        transactional_id=args.transactional_id or default_transactional_id(args.group_id, topics.input),
+        transaction_timeout_ms=args.transaction_timeout_ms, group_instance_id=instance_id,
+        metadata_max_age_ms=args.metadata_max_age_ms, client_debug=args.kafka_log_level == "DEBUG")
+
+
+def _check_topics(clients, args, topics, stop, kafka_metrics):
+    """(partition counts, `TopicLimits`) once the topics exist (created with --create-topics), the principal
+    has the ACLs serve needs on them and their limits are read; None when stopped first."""
+    from streamer.kafka import acls, limits as topic_limits, topics as topic_admin
+    from streamer.kafka.service import retrying
+
+    log = logging.getLogger("streamer.serve")
+    admin = retrying(clients.admin, stop, kafka_metrics, "connecting to Kafka", explain=clients.explain)
+    if admin is None:
+        return None
+
+    def check():
+        counts = topic_admin.ensure(admin, topics, create=args.create_topics, partitions=args.partitions,
+                                    replication_factor=args.replication_factor)
+        acls.check_topic_access(admin, clients.needs, clients.connection)  # a missing ACL named now, not later
+        return counts
+
+    try:
+        counts = retrying(check, stop, kafka_metrics, "checking the topics", explain=clients.explain)
+        found = None if counts is None else retrying(
+            lambda: topic_limits.read(admin, topics, clients.tuning.max_request_size), stop, kafka_metrics,
+            "reading the topics' limits", explain=clients.explain)
+    finally:
+        admin.close()
+    if counts is None or found is None:
+        return None
+    log.info("topics ok: %s; largest records: %s", ", ".join(f"{name} ({n} partitions)" for name, n in counts.items()),
+             found.describe())
+    return counts, found
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:

@@ -14,7 +14,7 @@ PROG = "streamer topics"
 
 def register(subparsers) -> None:
     from streamer.cli import env_default
-    from streamer.kafka.config import add_connection_options, add_topic_options
+    from streamer.kafka.config import add_client_option, add_connection_options, add_topic_options
 
     p = subparsers.add_parser(
         "topics",
@@ -39,6 +39,7 @@ def register(subparsers) -> None:
                                      "(connected as a user allowed to, e.g. an admin).")
     for q in (create, describe):
         add_connection_options(q)
+        add_client_option(q)
         add_topic_options(q)
     add_connection_options(acl, required=False)
     add_topic_options(acl)
@@ -62,11 +63,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from kafka.errors import KafkaError
-
     from streamer.errors import UserError
     from streamer.kafka import acls, failures
     from streamer.kafka import topics as topic_admin
+    from streamer.kafka.client import ClientError, make_clients
     from streamer.kafka.config import ClientTuning, connection_from_args, topics_from_args
 
     topics = topics_from_args(args)
@@ -75,13 +75,13 @@ def run(args) -> int:
     conn = connection_from_args(args)
     needs = acls.topics_create_needs(topics)
     try:
-        from kafka import KafkaAdminClient
-
-        admin = KafkaAdminClient(**ClientTuning(group_id=args.group_id).admin_kwargs(conn))
-    except KafkaError as exc:
+        admin = make_clients(args.kafka_client, conn, ClientTuning(group_id=args.group_id), topics.input,
+                             needs=needs).admin()
+        admin.partition_counts([topics.input])  # reach the brokers now: a clear message if they do not answer
+    except ClientError as exc:
         raise UserError(failures.explain(exc, conn, needs)
-                        or f"cannot reach Kafka at {args.bootstrap_servers} ({type(exc).__name__}: {exc}); is the "
-                           "broker up and --bootstrap-servers right?") from None
+                        or f"cannot reach Kafka at {args.bootstrap_servers} ({exc}); is the broker up and "
+                           "--bootstrap-servers right?") from None
     try:
         if args.action == "create":
             before = topic_admin.describe(admin, topics.all())
@@ -95,9 +95,8 @@ def run(args) -> int:
             for name in topics.all():
                 print(f"{name}\t" + ("missing" if counts[name] is None else f"{counts[name]} partitions"))
             topic_admin.check_changelog(counts, topics)
-    except KafkaError as exc:
-        raise UserError(failures.explain(exc, conn, needs, probe=False)
-                        or f"Kafka refused: {type(exc).__name__}: {exc}") from None
+    except ClientError as exc:
+        raise UserError(failures.explain(exc, conn, needs, probe=False) or f"Kafka refused: {exc}") from None
     finally:
         admin.close()
     return 0

@@ -127,13 +127,14 @@ def missing_topic_access(described, needs) -> list[tuple[Need, tuple[str, ...]]]
 
 
 def check_topic_access(admin, needs, conn) -> None:
-    """Raise UserError naming every topic and operation `conn`'s principal lacks (kafka-python admin client).
-    Call it once the topics exist: Create is not judged (a topic that exists needs no Create)."""
+    """Raise UserError naming every topic and operation `conn`'s principal lacks (`admin`: a
+    `streamer.kafka.client.Admin`, either client). Call it once the topics exist: Create is not judged (a
+    topic that exists needs no Create)."""
     topics = [Need(n.resource, n.name, tuple(op for op in n.operations if op != "Create"), n.prefixed)
               for n in needs if n.resource == TOPIC]
     if not topics:
         return
-    missing = missing_topic_access(admin.describe_topics([n.name for n in topics]), topics)
+    missing = missing_topic_access(admin.topic_access([n.name for n in topics]), topics)
     if missing:
         raise UserError(missing_access_line(missing, conn))
 

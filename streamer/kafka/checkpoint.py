@@ -17,15 +17,20 @@ written by the first checkpoint after an offset commit that covers them.
 
 In the serve loop, a checkpoint does not stop processing: `begin` takes the changed streams' state
 (a snapshot: later events are not in it, which is fine: the offsets it goes with are the ones before
-them) and hands the records to a short-lived sender thread, and closes an *epoch*; every record sent
-carries its epoch and counts itself resolved from the producer's thread; `due` reports the offsets once
-every record of the closed epochs is sent and acknowledged, and the loop then commits them
-(`committed`). `commit` (`write` + commit) is the same checkpoint done synchronously, for revocation
-and shutdown.
+them) and sends the records (through a short-lived sender thread when the producer's sends cost much
+Python time: ``producer.background_sends``), and closes an *epoch*; every record sent carries its epoch
+and counts itself resolved in its delivery callback (kafka-python: on the producer's thread;
+confluent-kafka: in ``poll``, which the loop calls every round through `Checkpoint.poll`); `due`
+reports the offsets once every record of the closed epochs is sent and acknowledged, and the loop then
+commits them (`committed`). `commit` (`write` + commit) is the same checkpoint done synchronously, for
+revocation and shutdown.
+
+The producer is a `streamer.kafka.client.Producer` (either client); offsets are {input partition: next
+offset}.
 
 Exactly-once (``exactly_once=True``): a transaction is open from the first send after a checkpoint;
 a checkpoint adds the changelog records (tombstones and states), flushes, adds the input offsets with
-``send_offsets_to_transaction(offsets, consumer.group_metadata())`` and commits. Predictions, dead
+``send_offsets_to_transaction(input_topic, offsets, consumer.group_metadata())`` and commits. Predictions, dead
 letters, changelog and offsets become visible together or not at all.
 
 Any failure raises; the caller then rewinds (see `streamer.kafka.service`): a new producer (an open
@@ -43,20 +48,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from kafka.errors import KafkaError, KafkaTimeoutError
-
 from streamer.kafka import changelog
+from streamer.kafka.client import ClientError, ClientTimeout, DeliveryError
+
+__all__ = ["Checkpoint", "DeliveryError"]
 
 log = logging.getLogger(__name__)
 
-# The changelog sender thread pauses this long after every PACE_RECORDS records, so that a checkpoint of
-# many streams (kafka-python spends ~60 us of Python per record) does not hold the serve loop up.
+# The changelog sender thread (kafka-python) pauses this long after every PACE_RECORDS records, so that a
+# checkpoint of many streams (kafka-python spends ~60 us of Python per record) does not hold the loop up.
 PACE_RECORDS = 25
 PACE_SECONDS = 0.002
-
-
-class DeliveryError(KafkaError):
-    """A record sent since the last checkpoint was not delivered."""
 
 
 @dataclass
@@ -76,15 +78,16 @@ class _Pending:
 class Checkpoint:
     """Sends outputs and changelog records through `producer` and checkpoints them in order.
 
-    `producer` is a kafka-python KafkaProducer (transactional and initialised when `exactly_once`).
-    Not thread-safe: the serve loop and the rebalance callbacks take turns (see the service); only
-    the delivery callbacks run on the producer's thread, and they only count.
+    `producer` is a `streamer.kafka.client.Producer` (transactional and initialised when `exactly_once`);
+    `input_topic` is the topic whose offsets a transaction commits. Not thread-safe: the serve loop and
+    the rebalance callbacks take turns (see the service); the delivery callbacks only count.
     """
 
-    def __init__(self, producer, changelog_topic: str, *, exactly_once: bool, metrics=None,
-                 flush_timeout_s: float | None = None):
+    def __init__(self, producer, changelog_topic: str, *, exactly_once: bool, input_topic: str = "events",
+                 metrics=None, flush_timeout_s: float | None = None):
         self.producer = producer
         self.changelog_topic = changelog_topic
+        self.input_topic = input_topic
         self.exactly_once = exactly_once
         self.metrics = metrics
         self.flush_timeout_s = flush_timeout_s  # a safety net beyond delivery.timeout.ms
@@ -106,8 +109,7 @@ class Checkpoint:
     def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
         """Send one record; a delivery failure is remembered and fails the next checkpoint."""
         self._open_transaction()
-        future = self.producer.send(topic, value=value, key=key, partition=partition)
-        future.add_both(self._on_done, self._generation, self._epoch)
+        self.producer.send(topic, key, value, partition, functools.partial(self._on_done, self._generation, self._epoch))
         self._sent[self._epoch] = self._sent.get(self._epoch, 0) + 1
 
     def send_many(self, topic: str, keys: list[bytes], values: list[bytes],
@@ -117,27 +119,25 @@ class Checkpoint:
         if not keys:
             return
         self._open_transaction()
-        send = self.producer.send
-        on_done = functools.partial(self._on_done, self._generation, self._epoch)
-        if partitions is None:
-            for key, value in zip(keys, values):
-                send(topic, value=value, key=key).add_both(on_done)
-        else:
-            for key, value, partition in zip(keys, values, partitions):
-                send(topic, value=value, key=key, partition=partition).add_both(on_done)
         self._sent[self._epoch] = self._sent.get(self._epoch, 0) + len(keys)
+        self.producer.send_many(topic, keys, values, partitions,
+                                functools.partial(self._on_done, self._generation, self._epoch))
 
     def _open_transaction(self) -> None:
         if self.exactly_once and not self._txn_open:
             self.producer.begin_transaction()
             self._txn_open = True
 
-    def _on_done(self, generation: int, epoch: int, result) -> None:  # the producer's sender thread
+    def _on_done(self, generation: int, epoch: int, error: BaseException | None) -> None:  # delivery callback
         if generation != self._generation:
             return
-        if isinstance(result, BaseException) and self._failure is None:
-            self._failure = result
+        if error is not None and self._failure is None:
+            self._failure = error
         self._done[epoch] = self._done.get(epoch, 0) + 1
+
+    def poll(self) -> None:
+        """Serve the producer's delivery callbacks (each round of the loop)."""
+        self.producer.poll()
 
     def pending_work(self) -> bool:
         return bool(self._sent) or bool(self._ready) or self._pending is not None
@@ -160,21 +160,28 @@ class Checkpoint:
             return False
         p = self._pending = _Pending(self._epoch, offsets, freed, written)
         self._epoch += 1
-        if records:
+        if records and self.producer.background_sends:
             p.sent = False
             p.sender = threading.Thread(target=self._send_records, args=(p, records, self._generation),
                                         name="changelog-send", daemon=True)
             p.sender.start()
+        elif records:
+            self._send_records(p, records, self._generation, pace=False)
         return True
 
-    def _send_records(self, p: _Pending, records: list, generation: int) -> None:
-        """Thread: hand a checkpoint's changelog records to the producer (so that serving goes on)."""
+    def _send_records(self, p: _Pending, records: list, generation: int, pace: bool = True) -> None:
+        """Hand a checkpoint's changelog records to the producer (on a thread: so that serving goes on)."""
         try:
-            send = self.producer.send
             on_done = functools.partial(self._on_done, generation, p.epoch)
             topic = self.changelog_topic
+            if not pace:
+                self._sent[p.epoch] = self._sent.get(p.epoch, 0) + len(records)
+                keys, values, partitions = zip(*records)
+                self.producer.send_many(topic, list(keys), list(values), list(partitions), on_done)
+                return
+            send = self.producer.send
             for i, (key, value, partition) in enumerate(records, 1):
-                send(topic, value=value, key=key, partition=partition).add_both(on_done)
+                send(topic, key, value, partition, on_done)
                 self._sent[p.epoch] = self._sent.get(p.epoch, 0) + 1
                 if i % PACE_RECORDS == 0:
                     time.sleep(PACE_SECONDS)  # let the serve loop have the GIL: latency over burst speed
@@ -186,19 +193,20 @@ class Checkpoint:
     def due(self) -> dict | None:
         """The pending checkpoint's offsets once all its records are acknowledged (then commit them and
         call `committed`); None while they are in flight. Raises DeliveryError if one failed, and
-        KafkaTimeoutError if they outlive the flush timeout."""
+        ClientTimeout if they outlive the flush timeout."""
         p = self._pending
         if p is None:
             return None
         self._raise_failure()
         if p.error is not None:
             exc, p.error = p.error, None
-            raise exc if isinstance(exc, KafkaError) else DeliveryError(f"sending the changelog failed: {exc}")
+            raise exc if isinstance(exc, ClientError) else DeliveryError(f"sending the changelog failed: {exc}")
         if not p.sent or any(self._done.get(e, 0) < n for e, n in self._sent.items() if e <= p.epoch):
             if self.flush_timeout_s is not None and time.monotonic() - p.started > self.flush_timeout_s:
                 self.stuck = True
                 self._count_error("flush")
-                raise KafkaTimeoutError(f"checkpoint records not acknowledged within {self.flush_timeout_s:.0f}s")
+                raise ClientTimeout(f"checkpoint records not acknowledged within {self.flush_timeout_s:.0f}s",
+                                    kind="flush")
             return None
         for e in [e for e in self._sent if e <= p.epoch]:
             del self._sent[e]
@@ -219,8 +227,8 @@ class Checkpoint:
     # ------------------------------------------------------------------ at-least-once, synchronous
 
     def commit(self, store, offsets: dict, commit_offsets: Callable[[dict], None], group_metadata=None) -> bool:
-        """One full checkpoint, waited for (see the module docstring). `offsets`: {TopicPartition:
-        OffsetAndMetadata} of the input positions the store's state covers; `commit_offsets(offsets)`
+        """One full checkpoint, waited for (see the module docstring). `offsets`: {partition: offset} of
+        the input positions the store's state covers; `commit_offsets(offsets)`
         commits them (at-least-once); `group_metadata` is `consumer.group_metadata()` (exactly-once).
 
         Returns whether the offsets were committed. Raises when the state or outputs are not durable."""
@@ -231,9 +239,9 @@ class Checkpoint:
         if offsets:
             try:
                 commit_offsets(offsets)
-            except KafkaError as exc:  # state is durable: the events are replayed and deduplicated later
-                log.warning("offset commit failed (%s: %s); the events since the last commit will be replayed "
-                            "and deduplicated", type(exc).__name__, exc)
+            except ClientError as exc:  # state is durable: the events are replayed and deduplicated later
+                log.warning("offset commit failed (%s); the events since the last commit will be replayed "
+                            "and deduplicated", exc)
                 self._count_error("commit")
                 return False
         self.offsets_committed()
@@ -323,7 +331,7 @@ class Checkpoint:
         self._open_transaction()
         self.flush()
         if offsets:
-            self.producer.send_offsets_to_transaction(offsets, group_metadata)
+            self.producer.send_offsets_to_transaction(self.input_topic, offsets, group_metadata)
         self.producer.commit_transaction()
         self._txn_open = False
         self._count_changelog(len(changes.updated), len(changes.freed))
@@ -336,13 +344,11 @@ class Checkpoint:
         """Wait until every record sent so far is acknowledged or failed (delivery.timeout.ms bounds
         this); raise if one failed."""
         self.wait_sent()
-        try:
-            self.producer.flush(timeout=self.flush_timeout_s)
-        except KafkaTimeoutError:
+        if not self.producer.flush(self.flush_timeout_s):
             # kafka-python 3.0.12 can leave batches neither acknowledged nor expired after a broker restart
             self.stuck = True
             self._count_error("flush")
-            raise
+            raise ClientTimeout(f"records not acknowledged within {self.flush_timeout_s or 0:.0f}s", kind="flush")
         self._raise_failure()
         self._sent.clear()
         self._done.clear()
@@ -351,7 +357,8 @@ class Checkpoint:
         if self._failure is not None:
             exc, self._failure = self._failure, None
             self._count_error("produce")
-            raise DeliveryError(f"a record was not delivered: {type(exc).__name__}: {exc}") from exc
+            text = str(exc) if isinstance(exc, ClientError) else f"{type(exc).__name__}: {exc}"
+            raise DeliveryError(f"a record was not delivered: {text}") from exc
 
     def settle(self) -> None:
         """Let every record in flight resolve (acknowledged or failed), ignoring the outcome: after a
@@ -360,7 +367,7 @@ class Checkpoint:
             return
         try:
             self.wait_sent()
-            self.producer.flush(timeout=self.flush_timeout_s)
+            self.producer.flush(self.flush_timeout_s)
         except Exception as exc:  # noqa: BLE001 - only the waiting matters here
             log.debug("settle: %s", exc)
 

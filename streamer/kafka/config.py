@@ -1,9 +1,12 @@
-"""kafka-python client settings from flags and STREAMER_* environment variables.
+"""Kafka client settings from flags and STREAMER_* environment variables, for either client.
 
 `add_connection_options(parser)` adds the connection and security flags shared by `serve` and `topics`
 (and any other command that talks to the broker); `connection_from_args(args)` checks them and returns
-a `Connection`, whose `client_kwargs()` are the kafka-python keyword arguments every client gets.
-`ClientTuning` holds the serve loop's consumer/producer knobs and builds the three clients' kwargs.
+a `Connection`, whose `client_kwargs()` are the kafka-python keyword arguments every client gets and
+whose `librdkafka_config()` are the same settings for confluent-kafka (librdkafka property names).
+`add_client_option(parser)` adds ``--kafka-client kafka-python|confluent`` [STREAMER_KAFKA_CLIENT].
+`ClientTuning` holds the serve loop's consumer/producer knobs; `streamer.kafka.kafka_python` and
+`streamer.kafka.confluent` turn them into each client's settings.
 
 Secrets (the SASL password, the TLS key password) come from the environment (STREAMER_SASL_PASSWORD,
 STREAMER_SSL_KEY_PASSWORD) or a file (--sasl-password-file, --ssl-key-password-file), never from a flag
@@ -21,15 +24,6 @@ from streamer.errors import UserError
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
-
-
-def fast_crc32c() -> bool:
-    """Whether kafka-python found the `crc32c` C extension (else it checks CRCs in pure Python, ~4 ms a batch)."""
-    try:
-        from kafka.record import util
-    except ImportError:
-        return False
-    return getattr(util, "crc32c_c", None) is not None
 
 
 @dataclass(frozen=True)
@@ -100,10 +94,31 @@ class Connection:
                       sasl_plain_password=self.sasl_password)
         return kw
 
+    def librdkafka_config(self) -> dict:
+        """The same settings as librdkafka properties (confluent-kafka), shared by all its clients."""
+        servers = ",".join(s.strip() for s in self.bootstrap_servers.split(",") if s.strip())
+        c: dict = {"bootstrap.servers": servers, "client.id": self.client_id,
+                   "security.protocol": self.security_protocol.lower(),
+                   "reconnect.backoff.max.ms": 2000}  # back within 2 s of a broker's return
+        if self.security_protocol.endswith("SSL"):
+            # without a CA file: the system's CA bundle (librdkafka probes the usual paths)
+            c["ssl.ca.location"] = self.ssl_cafile or "probe"
+            c["ssl.endpoint.identification.algorithm"] = "https" if self.ssl_check_hostname else "none"
+            if self.ssl_certfile:
+                c["ssl.certificate.location"] = self.ssl_certfile
+                c["ssl.key.location"] = self.ssl_keyfile
+            if self.ssl_key_password is not None:
+                c["ssl.key.password"] = self.ssl_key_password
+        if self.security_protocol.startswith("SASL_"):
+            c.update({"sasl.mechanism": self.sasl_mechanism, "sasl.username": self.sasl_username,
+                      "sasl.password": self.sasl_password})
+        return c
+
 
 @dataclass(frozen=True)
 class ClientTuning:
-    """Consumer/producer knobs of the serve loop (see `streamer serve --help`)."""
+    """Consumer/producer knobs of the serve loop (see `streamer serve --help`), whichever client; each client
+    module maps them to its own settings (`kafka_python.consumer_kwargs`, `confluent.consumer_config`...)."""
 
     group_id: str = "streamer"
     max_poll_records: int = 1000
@@ -119,53 +134,11 @@ class ClientTuning:
     transaction_timeout_ms: int = 10000
     request_timeout_ms: int = 30000
     delivery_timeout_ms: int = 30000  # a produced record is acknowledged or failed within this
-    group_instance_id: str | None = None  # static membership (streamer.kafka.membership); None: dynamic
+    group_instance_id: str | None = None  # static membership (group.instance.id; streamer.kafka.membership)
+    statistics_interval_ms: int = 1000  # librdkafka: lag and broker states every second
     metadata_max_age_ms: int = 5000  # how soon partitions added to the input topic are seen
     max_request_size: int = 8 << 20  # the producer's largest record (streamer.kafka.limits)
-
-    def consumer_kwargs(self, conn: Connection) -> dict:
-        """The group consumer of the input topic: manual commits, read_committed under exactly-once."""
-        return {**conn.client_kwargs(), "group_id": self.group_id, "enable_auto_commit": False,
-                "auto_offset_reset": self.auto_offset_reset, "max_poll_records": self.max_poll_records,
-                "session_timeout_ms": self.session_timeout_ms, "heartbeat_interval_ms": self.heartbeat_interval_ms,
-                "max_poll_interval_ms": self.max_poll_interval_ms, "request_timeout_ms": self.request_timeout_ms,
-                "isolation_level": "read_committed" if self.exactly_once else "read_uncommitted",
-                "max_partition_fetch_bytes": 4 << 20, "allow_auto_create_topics": False,
-                "check_crcs": fast_crc32c(), "group_instance_id": self.group_instance_id,
-                "metadata_max_age_ms": self.metadata_max_age_ms}
-
-    def reader_kwargs(self, conn: Connection) -> dict:
-        """The changelog reader: no group, manual assignment, read_committed, big fetches."""
-        return {**conn.client_kwargs(), "client_id": conn.client_id + "-restore", "group_id": None,
-                "enable_auto_commit": False, "isolation_level": "read_committed", "max_poll_records": 20000,
-                "max_partition_fetch_bytes": 16 << 20, "fetch_max_bytes": 64 << 20,
-                "request_timeout_ms": self.request_timeout_ms, "allow_auto_create_topics": False,
-                "check_crcs": fast_crc32c()}
-
-    def producer_kwargs(self, conn: Connection) -> dict:
-        """The producer of predictions, dead letters and changelog records (acks=all).
-
-        Exactly-once: transactional (hence idempotent). At-least-once: not idempotent: kafka-python
-        3.0.12's idempotent producer can stop for good after a broker restart (it loses its producer-id
-        request and then neither sends nor expires its batches). Without it a retried batch can be
-        duplicated or overtaken by a later one: harmless for predictions (at-least-once; each carries its
-        step) and for the changelog, which writes a stream at most once per checkpoint and starts the
-        next checkpoint only when the previous one is acknowledged."""
-        request_timeout = max(1000, min(self.request_timeout_ms, self.delivery_timeout_ms - self.linger_ms - 1000))
-        kw = {**conn.client_kwargs(), "acks": "all", "enable_idempotence": self.exactly_once,
-              "max_in_flight_requests_per_connection": 5, "linger_ms": self.linger_ms,
-              "batch_size": self.batch_bytes, "request_timeout_ms": request_timeout,
-              "delivery_timeout_ms": max(self.delivery_timeout_ms, request_timeout + self.linger_ms),
-              "compression_type": None if self.compression == "none" else self.compression,
-              "max_request_size": self.max_request_size, "allow_auto_create_topics": False,
-              "metadata_max_age_ms": self.metadata_max_age_ms}
-        if self.exactly_once:
-            kw.update(transactional_id=self.transactional_id, transaction_timeout_ms=self.transaction_timeout_ms)
-        return kw
-
-    def admin_kwargs(self, conn: Connection) -> dict:
-        return {**conn.client_kwargs(), "client_id": conn.client_id + "-admin",
-                "request_timeout_ms": self.request_timeout_ms}
+    client_debug: bool = False  # --kafka-log-level DEBUG: librdkafka's debug contexts too (kafka-python: its logger)
 
 
 def default_transactional_id(group_id: str, input_topic: str) -> str:
@@ -242,6 +215,22 @@ def _flag(text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"expected 1/0, true/false, yes/no or on/off, got {text!r}")
+
+
+def add_client_option(p) -> None:
+    """--kafka-client kafka-python|confluent [STREAMER_KAFKA_CLIENT]."""
+    from streamer.cli import env_default
+    from streamer.kafka.client import CLIENT_NAMES, DEFAULT_CLIENT
+
+    def name(text: str) -> str:  # argparse checks `choices` for flags, not for defaults from the environment
+        if text not in CLIENT_NAMES:
+            raise ValueError(f"expected one of {', '.join(CLIENT_NAMES)}, got {text!r}")
+        return text
+
+    p.add_argument("--kafka-client", choices=CLIENT_NAMES, default=env_default("kafka_client", DEFAULT_CLIENT, name),
+                   help="Kafka client library: kafka-python (default; pure Python) or confluent (confluent-kafka on "
+                        "librdkafka, several times faster; pip install 'rnn-streamer[confluent]') "
+                        "[STREAMER_KAFKA_CLIENT]")
 
 
 def add_topic_options(p) -> None:

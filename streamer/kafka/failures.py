@@ -12,9 +12,10 @@ Fatal (retrying cannot fix them: the command stops with the line and exit code 2
 Not fatal (None): a broker that is down or unreachable, time-outs, leader changes, anything else.
 
 Both client libraries: kafka-python exceptions (kafka.errors) and confluent-kafka errors (`KafkaError`, or a
-`KafkaException` carrying one), told apart by their `name()` codes (_AUTHENTICATION, SASL_AUTHENTICATION_FAILED,
-TOPIC_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED, TRANSACTIONAL_ID_AUTHORIZATION_FAILED, _SSL,
-_TRANSPORT, ...) without importing confluent_kafka. Where a client can only say that it cannot get through
+`KafkaException` carrying one), also as the `cause` of a `streamer.kafka.client.ClientError`, told apart by
+their `name()` codes (_AUTHENTICATION, SASL_AUTHENTICATION_FAILED, TOPIC_AUTHORIZATION_FAILED,
+GROUP_AUTHORIZATION_FAILED, TRANSACTIONAL_ID_AUTHORIZATION_FAILED, _SSL, _TRANSPORT, ...) without importing
+confluent_kafka. Where a client can only say that it cannot get through
 (kafka-python reports a wrong password or a TLS mismatch as a bootstrap time-out; librdkafka reports some of
 them as a transport error), `streamer.kafka.probe` connects once the way the client would and says which.
 
@@ -53,6 +54,7 @@ def explain(exc: BaseException, conn, needs=(), *, topic: str | None = None, pro
     loses its broker should just wait)."""
     seen = 0
     while exc is not None and seen < 4:
+        topic = topic or getattr(exc, "topic", None)  # a streamer.kafka.client.ClientError may know it
         code = _confluent_code(exc)
         if code:
             line = _explain_confluent(exc, code, conn, needs, topic, probe)
@@ -60,7 +62,9 @@ def explain(exc: BaseException, conn, needs=(), *, topic: str | None = None, pro
             line = _explain_kafka_python(exc, conn, needs, topic, probe)
         if line:
             return mask(line, conn)
-        exc, seen = getattr(exc, "__cause__", None) or getattr(exc, "__context__", None), seen + 1
+        # a ClientError's `cause`: the client's own exception, or librdkafka's error object (not an exception)
+        exc, seen = (getattr(exc, "cause", None) or getattr(exc, "__cause__", None)
+                     or getattr(exc, "__context__", None)), seen + 1
     return None
 
 

@@ -6,9 +6,12 @@ of the two is the limit every record to that topic keeps to. Serve refuses to st
 when a topic cannot hold what it must: the changelog a stream's state, the dead-letter topic an empty
 dead letter, the output topic a one-step prediction.
 
-The producer's batches are kept under the smallest of the limits as well (`batch_bytes`): kafka-python
-splits a batch that the broker refuses as too large, but its transactional producer cannot finish a split
-batch (3.0.12: the flush fails with "Future not done" and every checkpoint after it too).
+The producer's batches are kept under the smallest of the limits as well (`batch_bytes`, the producer's
+``batch_size``/``batch.size``): kafka-python splits a batch that the broker refuses as too large, but its
+transactional producer cannot finish a split batch (3.0.12: the flush fails with "Future not done" and
+every checkpoint after it too); librdkafka never splits one (its records fail with MSG_SIZE_TOO_LARGE).
+The producer's largest record is ``max_request_size`` for kafka-python and ``message.max.bytes`` for
+librdkafka (both `ClientTuning.max_request_size`).
 """
 
 from __future__ import annotations
@@ -34,14 +37,10 @@ class TopicLimits:
 
 
 def max_message_bytes(admin, topics: list[str]) -> dict[str, int]:
-    """``max.message.bytes`` of each topic (DescribeConfigs)."""
-    from kafka.admin import ConfigResource, ConfigResourceType
-
-    resources = [ConfigResource(ConfigResourceType.TOPIC, t, {"max.message.bytes": None}) for t in topics]
-    described = admin.describe_configs(resources, config_filter="all").get("topic", {})
+    """``max.message.bytes`` of each topic (DescribeConfigs; `admin`: a `streamer.kafka.client.Admin`)."""
     out = {}
     for t in topics:
-        value = described.get(t, {}).get("max.message.bytes", {}).get("value")
+        value = admin.topic_config(t, "max.message.bytes")
         out[t] = int(value) if value not in (None, "") else DEFAULT_TOPIC_LIMIT
     return out
 

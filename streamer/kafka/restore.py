@@ -1,7 +1,7 @@
 """Restore: read changelog partitions to their end and load their streams into the state store.
 
-The reader is a group-less consumer (manual assignment, read_committed: under exactly-once only
-committed state counts). "The end" is the end offset at the start of the read (the last stable
+The reader is a `streamer.kafka.client.Reader` (either client): a group-less consumer (manual assignment,
+read_committed: under exactly-once only committed state counts). "The end" is the end offset at the start of the read (the last stable
 offset under read_committed); nobody else writes these partitions while we own them.
 
 A record made by another model version is never loaded as is. `--on-model-change`:
@@ -45,7 +45,7 @@ class RestoreStats:
 
 
 class Restorer:
-    """Loads changelog partitions into a `StateStore` (`reader`: a KafkaConsumer without a group)."""
+    """Loads changelog partitions into a `StateStore` (`reader`: a `streamer.kafka.client.Reader`)."""
 
     def __init__(self, reader, changelog_topic: str, *, on_model_change: str = "reset", metrics=None,
                  timeout_s: float = 120.0):
@@ -59,32 +59,10 @@ class Restorer:
 
     def read(self, partitions: list[int]) -> dict[int, dict[bytes, bytes]]:
         """The latest value per stream of each changelog partition (tombstoned streams left out)."""
-        from kafka.errors import KafkaTimeoutError
-        from kafka.structs import TopicPartition
-
-        tps = [TopicPartition(self.topic, p) for p in partitions]
         tables: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
-        if not tps:
-            return tables
-        reader = self.reader
-        reader.assign(tps)
-        try:
-            reader.seek_to_beginning(*tps)
-            end = reader.end_offsets(tps)
-            remaining = {tp for tp in tps if reader.position(tp) < end[tp]}
-            deadline = time.monotonic() + self.timeout_s
-            while remaining:
-                if time.monotonic() > deadline:
-                    raise KafkaTimeoutError(f"changelog {self.topic} partitions {sorted(tp.partition for tp in remaining)}"
-                                            f" not read to their end offsets within {self.timeout_s:.0f}s")
-                for tp, records in reader.poll(timeout_ms=200).items():
-                    stop = end[tp]
-                    changelog.fold(((r.key, r.value) for r in records if r.offset < stop), tables[tp.partition])
-                for tp in list(remaining):
-                    if reader.position(tp) >= end[tp]:
-                        remaining.discard(tp)
-        finally:
-            reader.assign([])
+        if partitions:
+            self.reader.read(self.topic, list(partitions), self.timeout_s,
+                             lambda p, keys, values: changelog.fold(zip(keys, values), tables[p]))
         return tables
 
     def restore(self, store, partitions: list[int]) -> RestoreStats:

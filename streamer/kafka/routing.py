@@ -36,8 +36,11 @@ class PartitionerCheck:
         self._counts: list[int] = []  # partition counts seen since start-up
         self._log = Throttled(log, logging.WARNING)
 
-    def check(self, records: dict, partitions: int) -> int:
-        """Count (and log) the keyed messages of a poll not in their murmur2 partition; returns how many."""
+    def check(self, parts: list[int], keys: list, partitions: int | None) -> int:
+        """Count (and log) the keyed messages of a poll (`parts`, `keys`: per message) not in their murmur2
+        partition of the input's `partitions` (None: not known yet, nothing checked); returns how many."""
+        if not partitions:
+            return 0
         if partitions not in self._counts:  # the topic grew: a key may now be in another partition too
             self._cache.clear()
             self._counts.append(partitions)
@@ -46,21 +49,18 @@ class PartitionerCheck:
         cache = self._cache
         wrong = 0
         example = None
-        for tp, recs in records.items():
-            p = tp.partition
-            for r in recs:
-                key = r.key
-                if key is None:
-                    continue  # a missing key is a key mismatch (streamer.routing)
-                want = cache.get(key)
-                if want is None:
-                    if len(cache) >= _CACHE_LIMIT:
-                        cache.clear()
-                    want = cache[key] = tuple(murmur2_partition(key, n) for n in self._counts if n > 0)
-                if p not in want:
-                    wrong += 1
-                    if example is None:
-                        example = (key, p, want[-1])
+        for p, key in zip(parts, keys):
+            if key is None:
+                continue  # a missing key is a key mismatch (streamer.routing)
+            want = cache.get(key)
+            if want is None:
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                want = cache[key] = tuple(murmur2_partition(key, n) for n in self._counts if n > 0)
+            if p not in want:
+                wrong += 1
+                if example is None:
+                    example = (key, p, want[-1])
         if wrong:
             self.counter.inc(wrong)
             key, p, want = example

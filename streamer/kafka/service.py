@@ -1,35 +1,45 @@
 """The serve loop: a consumer group member that runs the engine on its partitions' events.
 
+It runs on the client interface of `streamer.kafka.client` (kafka-python or confluent-kafka; see
+`streamer.kafka.kafka_python` and `streamer.kafka.confluent`), the same code for both.
+
 Main thread, each round::
 
-    recover if an error asked for it -> restore newly assigned partitions -> consumer.poll
-    -> engine.process -> send predictions and dead letters -> checkpoint every --checkpoint-interval
+    recover if an error asked for it -> restore newly assigned partitions -> consumer.consume
+    -> engine.process (`_process`) -> send predictions and dead letters -> serve delivery reports
+    -> checkpoint every --checkpoint-interval (`_checkpoint`, `_finish_checkpoint`)
 
-Rebalances (kafka-python runs the listener on its IO thread while the main thread waits inside
-``consumer.poll``; a lock keeps the two apart anyway). The callbacks stay short:
+Rebalances: the consumer calls this service as its `RebalanceListener` (kafka-python on its IO thread
+while the main thread waits inside ``consume``; librdkafka on the main thread inside ``consume``/``close``;
+a lock keeps callbacks and loop apart either way). The callbacks stay short:
 
-- revoked: checkpoint now (`Checkpoint`), so the next owner restores exactly what was processed;
-  the offsets are committed with ``commit_async`` awaited on the IO loop (an async listener), since a
-  blocking consumer call is not allowed there. Their streams stay in memory until the assignment
-  arrives: the default assignors are eager (every rebalance revokes everything), and a partition
-  that comes straight back keeps its state and position without a restore;
-- assigned: partitions that are new here are paused and queued; the main thread restores them from
-  the changelog (read to its end) and only then resumes them, so no event of theirs is processed
-  before its stream's state is back; partitions not assigned again are dropped;
-- lost (forced out of the group): their state is dropped without writing anything (another member
-  may own them already); under exactly-once the open transaction is aborted.
+- revoked (`revoke_checkpoint`, `revoke_done`): checkpoint now (`Checkpoint`), so the next owner restores
+  exactly what was processed; the consumer commits the offsets it returns and reports back. Their
+  streams stay in memory until the assignment arrives: with an eager assignor (kafka-python's default)
+  every rebalance revokes everything, and a partition that comes straight back keeps its state and
+  position without a restore. With the cooperative assignor (confluent) only the partitions that move
+  are revoked, and `unassigned` drops them at once (they are never handed straight back);
+- assigned (`assigned`, the whole assignment): partitions that are new here are paused and queued; the
+  main thread restores them from the changelog (read to its end, `_restore_pending`) and only then
+  resumes them, so no event of theirs is processed before its stream's state is back; partitions not
+  assigned any more are dropped;
+- lost (`lost`, forced out of the group): their state is dropped without writing anything (another
+  member may own them already); under exactly-once the open transaction is aborted.
 
 Hostile input (see `streamer.engine`, `streamer.limits`, `streamer.routing`): one bad message costs one
 dead letter; every record is sized to fit its topic (`streamer.kafka.limits` reads the limits at start-up);
 keys are checked against stream ids and partitions against murmur2 (`streamer.kafka.routing`); partitions
 added to the input are noticed within seconds (`streamer.kafka.topology`); static membership makes a
-restarted instance get its partitions back at once (`streamer.kafka.membership`).
+restarted instance get its partitions back at once, and a SIGTERM leaves the group unless
+--stay-in-group (`streamer.kafka.membership`); a fenced instance stops.
 
-Errors: a Kafka error in the loop (broker down, delivery failure, flush timeout) is counted, waited
-out with exponential backoff, and followed by a rewind to the last checkpoint: a new producer (records
-in flight dropped, open transaction aborted), every owned partition's state reloaded from the
-changelog and its input re-read from the committed offset. Nothing acknowledged is lost; replayed
-steps are duplicates by step and skipped.
+Errors: a Kafka error in the loop (a `ClientError`: broker down, delivery failure, flush timeout) is
+counted, waited out with exponential backoff, and followed by a rewind to the last checkpoint
+(`_recover`): a new producer (records in flight dropped, open transaction aborted), every owned
+partition's state reloaded from the changelog and its input re-read from the committed offset. Nothing
+acknowledged is lost; replayed steps are duplicates by step and skipped. A `FatalClientError`
+(authentication, authorisation, configuration) stops serve with one line, and so does any error that
+`Clients.explain` can name (`streamer.kafka.failures`: an ACL revoked while serving, say).
 """
 
 from __future__ import annotations
@@ -40,15 +50,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import (AuthorizationError, FencedInstanceIdError, KafkaConfigurationError, KafkaError,
-                          KafkaTimeoutError, SaslAuthenticationFailedError, UnsupportedVersionError)
-from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
 from streamer import limits, schema
 from streamer.errors import UserError
-from streamer.kafka import membership
 from streamer.kafka.checkpoint import Checkpoint
+from streamer.kafka.client import Batch, ClientError, ClientTimeout, FatalClientError, Fenced
+from streamer.kafka.health import GroupHealth
 from streamer.kafka.restore import Restorer
 from streamer.kafka.routing import PartitionerCheck
 from streamer.kafka.topics import Topics
@@ -59,8 +66,7 @@ from streamer.transports import Poll
 log = logging.getLogger("streamer.serve")
 
 # Errors that retrying cannot fix: stop with a clear message instead of looping.
-FATAL_ERRORS = (AuthorizationError, SaslAuthenticationFailedError, UnsupportedVersionError,
-                KafkaConfigurationError, FencedInstanceIdError, UserError)
+FATAL_ERRORS = (FatalClientError, UserError)
 
 
 @dataclass(frozen=True)
@@ -79,52 +85,7 @@ class ServeSettings:
     changelog_partitions: int | None = None  # input partitions beyond it have nowhere to keep their state
     output_partitions: int | None = None  # co-partitioned: input partitions beyond it go by key
     create_topics: bool = False  # also: add changelog partitions when the input grows
-    leave_on_shutdown: bool = True  # a static member sends LeaveGroup on SIGTERM (streamer.kafka.membership)
-
-
-class KafkaClients:
-    """Makes the consumer, the producer and the changelog reader (again, after errors)."""
-
-    def __init__(self, connection, tuning, needs=()):
-        self.connection = connection
-        self.tuning = tuning
-        self.needs = tuple(needs)  # streamer.kafka.acls needs: what an authorization failure is about
-
-    def explain(self, exc: BaseException, probe: bool = True) -> str | None:
-        """One line if `exc` cannot be fixed by retrying (authentication, ACLs, TLS), else None."""
-        from streamer.kafka import failures
-
-        return failures.explain(exc, self.connection, self.needs, probe=probe)
-
-    def consumer(self):
-        from kafka import KafkaConsumer
-
-        from streamer.kafka import compat
-
-        compat.apply()  # kafka-python 3.0.x can lose a group join that spans two polls
-        return KafkaConsumer(**self.tuning.consumer_kwargs(self.connection))
-
-    def producer(self):
-        from kafka import KafkaProducer
-
-        producer = KafkaProducer(**self.tuning.producer_kwargs(self.connection))
-        if self.tuning.exactly_once:
-            try:
-                producer.init_transactions()  # fences an older producer with our id, aborts its open transaction
-            except BaseException:
-                producer.close(timeout=0)
-                raise
-        return producer
-
-    def reader(self):
-        from kafka import KafkaConsumer
-
-        return KafkaConsumer(**self.tuning.reader_kwargs(self.connection))
-
-    def admin(self):
-        from kafka import KafkaAdminClient
-
-        return KafkaAdminClient(**self.tuning.admin_kwargs(self.connection))
+    leave_on_shutdown: bool = True  # a static member leaves the group on SIGTERM (streamer.kafka.membership)
 
 
 class Backoff:
@@ -150,49 +111,22 @@ def retrying(fn, stop: threading.Event, metrics, what: str, kind: str = "connect
             return fn()
         except FATAL_ERRORS:
             raise
-        except KafkaError as exc:
+        except ClientError as exc:
             line = explain(exc) if explain is not None else None
             if line:
                 raise UserError(line) from None
             metrics.error(kind)
             delay = backoff.next()
-            log.warning("%s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay)
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
             stop.wait(delay)
     return None
-
-
-class _Listener(AsyncConsumerRebalanceListener):
-    """Delegates to the service; async so the revoke can await the offset commit on the IO loop."""
-
-    def __init__(self, service: "KafkaService"):
-        self._service = service
-
-    async def on_partitions_revoked(self, revoked):
-        offsets = self._service.revoke_checkpoint(revoked)
-        if offsets is None:
-            return
-        ok = False
-        if offsets:
-            try:
-                await self._service.consumer.commit_async(offsets)
-                ok = True
-            except Exception as exc:  # noqa: BLE001 - any failure: the events are replayed and deduplicated
-                log.warning("offset commit on revocation failed (%s: %s)", type(exc).__name__, exc)
-                self._service.metrics.error("commit")
-        self._service.revoke_done(offsets, ok)
-
-    async def on_partitions_assigned(self, assigned):
-        self._service.assigned(assigned)
-
-    async def on_partitions_lost(self, lost):
-        self._service.lost(lost)
 
 
 class KafkaService:
     """One group member: owns the clients, the engine's partitions and the checkpoints."""
 
-    def __init__(self, engine, settings: ServeSettings, clients: KafkaClients, metrics,
-                 ready: threading.Event | None = None):
+    def __init__(self, engine, settings: ServeSettings, clients, metrics, ready: threading.Event | None = None):
+        """`clients`: a `streamer.kafka.client.Clients` (`make_clients`)."""
         self.engine = engine
         self.settings = settings
         self.clients = clients
@@ -212,8 +146,9 @@ class KafkaService:
         self._needs_recovery = False
         self._fenced = False
         self._resetting = False  # replacing a stuck consumer: callbacks do nothing
-        self._unstable_since: float | None = None
-        self._disconnected_since: float | None = None
+        t = clients.tuning
+        self.health = GroupHealth(metrics, t.session_timeout_ms / 1000,
+                                  stuck_after_s=(t.max_poll_interval_ms + t.session_timeout_ms) / 1000)
         self._abandoned: list = []  # producers whose records never resolved (closing them would block)
         self._last_lag = 0.0
         self._checkpoint_started = 0.0
@@ -221,8 +156,7 @@ class KafkaService:
         self.topology = TopologyWatch(settings.topics, clients, metrics,
                                       changelog_partitions=settings.changelog_partitions,
                                       output_partitions=settings.output_partitions if settings.co_partitioned else None,
-                                      create_topics=settings.create_topics,
-                                      await_changelog=self._await_partitions)
+                                      create_topics=settings.create_topics, await_changelog=self._await_partitions)
         self.totals = {"polls": 0, "messages": 0, "records": 0, "dead_letters": 0, "checkpoints": 0,
                        "recoveries": 0}
 
@@ -246,13 +180,14 @@ class KafkaService:
                         self._recover()
                     if self._pending:
                         self._restore_pending()
-                    records = self.consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.max_poll_records)
+                    batch = self.consumer.consume(s.max_poll_records, s.poll_timeout_ms / 1000)
                     received = time.perf_counter()
-                    if records:
+                    if batch:
                         with self._lock:
-                            if s.exactly_once and self.checkpoint.in_transaction and _heavy(records):
+                            if s.exactly_once and self.checkpoint.in_transaction and _heavy(batch):
                                 self._checkpoint()  # a long poll must not age an open transaction
-                            self._process(records, received)
+                            self._process(batch, received)
+                    self.checkpoint.poll()
                     now = time.monotonic()
                     if not s.exactly_once:
                         with self._lock:
@@ -265,20 +200,22 @@ class KafkaService:
                         self._last_lag = now
                         self._update_lag()
                         self._watch_group(now)
-                        self.topology.observe(len(self.consumer.partitions_for_topic(self.topic) or ()))
+                        self.topology.observe(self.consumer.partition_count())
                     backoff.reset()
                 except FATAL_ERRORS as exc:
-                    self._fenced = isinstance(exc, FencedInstanceIdError)  # another process is this member now
+                    if isinstance(exc, Fenced) and self.health.fence_after_outage(time.monotonic()):
+                        self._replace_consumer()  # (librdkafka's own stale member id: see streamer.kafka.health)
+                        continue
+                    self._fenced = isinstance(exc, Fenced)  # another process is this member now
                     raise
-                except KafkaError as exc:
+                except ClientError as exc:
                     line = self.clients.explain(exc, probe=False)  # e.g. an ACL revoked while serving
                     if line:
                         raise UserError(line) from None
-                    self.metrics.error(_error_kind(exc))
+                    self.metrics.error(exc.kind)
                     self._needs_recovery = True
                     delay = backoff.next()
-                    log.warning("Kafka error (%s: %s); rewinding to the last checkpoint in %.1fs",
-                                type(exc).__name__, exc, delay)
+                    log.warning("Kafka error (%s); rewinding to the last checkpoint in %.1fs", exc, delay)
                     stop.wait(delay)
         finally:
             watcher_stop.set()
@@ -291,6 +228,7 @@ class KafkaService:
                 self.consumer = self.clients.consumer()
             if self.checkpoint is None:
                 self.checkpoint = Checkpoint(self.clients.producer(), self.settings.topics.changelog,
+                                             input_topic=self.topic,
                                              exactly_once=self.settings.exactly_once, metrics=self.metrics,
                                              flush_timeout_s=self.clients.tuning.delivery_timeout_ms / 1000 + 5)
             if self.restorer is None:
@@ -305,54 +243,35 @@ class KafkaService:
         if not retrying(self._subscribe, stop, self.metrics, "subscribing", explain=self.clients.explain):
             self._close_clients()
             return False
-        log.info("joining group %s on %s (exactly-once: %s)", self.clients.tuning.group_id, self.topic,
-                 "on" if self.settings.exactly_once else "off")
+        log.info("joining group %s on %s (exactly-once: %s, client: %s)", self.clients.tuning.group_id, self.topic,
+                 "on" if self.settings.exactly_once else "off", self.clients.name)
         return True
 
     def _subscribe(self) -> bool:
-        # Know the topic's partitions before the first join: a leader that assigns without them rejoins at
-        # once when they arrive, and kafka-python 3.0.12 can lose such a metadata-triggered rejoin when it
-        # spans several poll() calls (the member stays "rebalancing" with heartbeats off; see _watch_group).
-        self.topology.observe(len(self.consumer.partitions_for_topic(self.topic) or ()))
-        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        self.consumer.subscribe(self)
+        self.topology.observe(self.consumer.partition_count())
         return True
 
     def _watch_connections(self, stop: threading.Event) -> None:
-        """Thread: export the consumer's connection count each second (the main thread may be waiting on
-        the broker); a drop to none is a broker outage: counted once and logged."""
+        """Thread: the consumer's connection count each second (the main thread may be waiting on the broker)."""
         while not stop.wait(1.0):
             consumer = self.consumer
             try:
-                count = consumer.metrics().get("consumer-metrics", {}).get("connection-count")
+                count = consumer.connections()
             except Exception:  # noqa: BLE001 - closed or being replaced
                 continue
-            if count is None:
-                continue
-            self.metrics.connections.set(count)
-            now = time.monotonic()
-            if count == 0 and self._disconnected_since is None:
-                self._disconnected_since = now
-                self.metrics.error("connect")
-                log.warning("no connection to any broker; retrying (processing resumes when they are back)")
-            elif count > 0 and self._disconnected_since is not None:
-                log.info("brokers reachable again after %.1fs", now - self._disconnected_since)
-                self._disconnected_since = None
+            self.health.connections(count, time.monotonic())
 
     def _watch_group(self, now: float) -> None:
-        """Replace a consumer that stays outside a stable group longer than any rebalance may take (the
-        broker's rebalance timeout is our max.poll.interval.ms): it is stuck, and the group has moved on."""
-        if self.consumer.group_metadata().state == MemberState.STABLE:
-            self._unstable_since = None
-            return
-        if self._unstable_since is None:
-            self._unstable_since = now
-            return
-        t = self.clients.tuning
-        if now - self._unstable_since < (t.max_poll_interval_ms + t.session_timeout_ms) / 1000:
-            return
-        log.error("the consumer has not been a stable group member for %.0fs; replacing it", now - self._unstable_since)
+        """Replace a consumer that is stuck outside a stable group (`GroupHealth.stuck`)."""
+        if self.health.stuck(self.consumer.group_stable(), now):
+            self._replace_consumer()
+
+    def _replace_consumer(self) -> None:
+        """A new consumer (same settings, same group.instance.id) in place of one that is stuck or was fenced by
+        its own stale membership: every partition is dropped unwritten (the group has moved on) and restored
+        once assigned again."""
         self.metrics.error("group")
-        self._unstable_since = None
         with self._lock:
             self._resetting = True
             self._drop(self._owned | self._active | self._pending | self._suspended)
@@ -363,7 +282,7 @@ class KafkaService:
         try:
             self.consumer.close()
         except Exception as exc:  # noqa: BLE001
-            log.debug("closing the stuck consumer: %s", exc)
+            log.debug("closing the replaced consumer: %s", exc)
         finally:
             self._resetting = False
         self.consumer = self.clients.consumer()
@@ -374,24 +293,25 @@ class KafkaService:
             self._close_clients()
             return
         with self._lock:
-            if not self._needs_recovery and self._active:
+            if self._fenced:  # another process owns our partitions now: write nothing (it restored from the last)
+                self._drop(self._owned | self._active | self._pending | self._suspended)
+            elif not self._needs_recovery and self._active:
                 try:
                     self._checkpoint(wait=True)
-                except KafkaError as exc:
-                    log.warning("final checkpoint failed (%s: %s); the events since the last one will be "
-                                "replayed by the next owner", type(exc).__name__, exc)
-        if self.settings.leave_on_shutdown and not self._fenced:
-            membership.leave_on_close(self.consumer)  # a static member leaves too: its partitions move now
-        try:
-            self.consumer.close()  # the revoke callback checkpoints (nothing left) and we leave the group
-        except KafkaError as exc:
-            log.warning("closing the consumer: %s: %s", type(exc).__name__, exc)
+                except ClientError as exc:
+                    log.warning("final checkpoint failed (%s); the events since the last one will be "
+                                "replayed by the next owner", exc)
+        try:  # the revoke callback checkpoints (nothing left) and we leave the group (a static member too,
+            # unless --stay-in-group; never when fenced: that would remove the process that replaced us)
+            self.consumer.close(leave=self.settings.leave_on_shutdown and not self._fenced)
+        except ClientError as exc:
+            log.warning("closing the consumer: %s", exc)
         self.consumer = None
         self._close_clients()
         log.info("stopped: %s", ", ".join(f"{k} {v}" for k, v in self.totals.items()))
 
     def _close_clients(self) -> None:
-        for client, kw in ((self.consumer, {}), (self.checkpoint and self.checkpoint.producer, {"timeout": 10}),
+        for client, kw in ((self.consumer, {}), (self.checkpoint and self.checkpoint.producer, {"timeout_s": 10}),
                            (self.restorer and self.restorer.reader, {})):
             if client is not None:
                 try:
@@ -401,46 +321,30 @@ class KafkaService:
 
     # ------------------------------------------------------------------ the hot path
 
-    def _process(self, records: dict, received: float) -> None:
-        messages: list = []
-        keys: list = []
-        partitions: list[int] = []
-        offsets: list[int] = []
-        where: dict[bytes, int] = {}  # key -> input partition, for co-partitioned outputs
-        co = self.settings.co_partitioned
-        records = {tp: recs for tp, recs in records.items() if self._take(tp, recs)}
-        self.partitioner.check(records, len(self.consumer.partitions_for_topic(self.topic) or ()))
-        for tp, recs in records.items():
-            p = tp.partition
-            msg_keys = [r.key for r in recs]
-            if co and self.topology.output_partition(p) is not None:
-                where.update(dict.fromkeys(msg_keys, p))
-            messages.extend([r.value if r.value is not None else b"" for r in recs])
-            keys.extend(msg_keys)
-            partitions.extend([p] * len(recs))
-            offsets.extend([r.offset for r in recs])
-            self._positions[p] = recs[-1].offset + 1
-        if not messages:
-            return
+    def _process(self, batch: Batch, received: float) -> None:
+        parts = batch.partitions
+        if not set(parts) <= self._active:  # not restored yet (or no longer ours): fetch those again later
+            batch = self._only_active(batch)
+            parts = batch.partitions
+            if not parts:
+                return
+        offsets, keys = batch.offsets, batch.keys
+        for p, last in dict(zip(parts, offsets)).items():  # each partition's last offset
+            self._positions[p] = last + 1
+        self.partitioner.check(parts, keys, self.consumer.partition_count())
+        messages = batch.values
+        if None in messages:  # a tombstone: an empty message (a dead letter)
+            messages = [b"" if v is None else v for v in messages]
         topic = self.topic
-        poll = Poll(messages=messages, partitions=np.array(partitions, np.int64), received=received, keys=keys,
-                    source=lambda i: {"topic": topic, "partition": partitions[i], "offset": offsets[i]})
+        poll = Poll(messages=messages, partitions=np.array(parts, np.int64), received=received, keys=keys,
+                    source=lambda i: {"topic": topic, "partition": parts[i], "offset": offsets[i]})
         result = self.engine.process(poll)
-        out = result.outputs
+        lines, out_keys, dead = self._records(result, keys)
         cp = self.checkpoint
-        try:  # building records from the engine's outputs cannot fail on any message; a bug must not stop serve
-            lines = [line.encode() for line in out.json_lines()] if len(out) else []
-            out_keys = [s.encode() for s in out.stream_ids]
-            dead = [(limits.dead_letter_key(keys[i]), schema.encode_dead_letter(dl))
-                    for dl, i in zip(result.dead_letters, result.dead_letter_index)]
-        except Exception as exc:  # noqa: BLE001
-            log.error("building the records of a poll raised %s: %s; its %d prediction records and %d dead letters "
-                      "are skipped", type(exc).__name__, exc, len(out), len(result.dead_letters), exc_info=exc)
-            self.metrics.error("internal")
-            lines, out_keys, dead = [], [], []
         if lines:
+            where = self._output_partitions(keys, parts) if self.settings.co_partitioned else None
             cp.send_many(self.settings.topics.output, out_keys, lines,
-                         [where.get(k) for k in out_keys] if co else None)
+                         [where.get(k) for k in out_keys] if where is not None else None)
             self.metrics.produced.labels("prediction").inc(len(lines))
         for key, value in dead:
             cp.send(self.settings.topics.dlq, key, value)
@@ -449,23 +353,54 @@ class KafkaService:
         t = self.totals
         t["polls"] += 1
         t["messages"] += len(messages)
-        t["records"] += len(out)
+        t["records"] += len(result.outputs)
         t["dead_letters"] += len(result.dead_letters)
 
-    def _take(self, tp, recs) -> bool:
-        """Whether a partition's fetched records are processed now (not before its state is restored)."""
-        if tp.partition in self._active:
-            return True
-        if tp.partition in self._pending:  # not restored yet: fetch these again later
-            self.consumer.seek(tp, recs[0].offset)
-        return False
+    def _records(self, result, keys: list) -> tuple[list, list, list]:
+        """(prediction records, their keys, [(key, value)] of the dead letters) of a poll's result. Building
+        them cannot fail on any message (the engine vetted and sized them); a bug must not stop serve."""
+        out = result.outputs
+        try:
+            lines = [line.encode() for line in out.json_lines()] if len(out) else []
+            out_keys = [s.encode() for s in out.stream_ids]
+            dead = [(limits.dead_letter_key(keys[i]), schema.encode_dead_letter(dl))
+                    for dl, i in zip(result.dead_letters, result.dead_letter_index)]
+        except Exception as exc:  # noqa: BLE001
+            log.error("building the records of a poll raised %s: %s; its %d prediction records and %d dead letters "
+                      "are skipped", type(exc).__name__, exc, len(out), len(result.dead_letters), exc_info=exc)
+            self.metrics.error("internal")
+            return [], [], []
+        return lines, out_keys, dead
+
+    def _output_partitions(self, keys: list, parts: list[int]) -> dict:
+        """Co-partitioned outputs: key -> the input partition its prediction goes to (an input partition that
+        the output topic does not have, after the input grew, is left to the key's hash)."""
+        n = self.topology.output_partitions
+        if n is None or max(parts) < n:
+            return dict(zip(keys, parts))
+        return {k: p for k, p in zip(keys, parts) if p < n}
+
+    def _only_active(self, batch: Batch) -> Batch:
+        """The records of active partitions; a pending partition is rewound to its first record here."""
+        keep = Batch()
+        first: dict[int, int] = {}
+        for p, o, k, v in zip(batch.partitions, batch.offsets, batch.keys, batch.values):
+            if p in self._active:
+                keep.partitions.append(p)
+                keep.offsets.append(o)
+                keep.keys.append(k)
+                keep.values.append(v)
+            elif p in self._pending and p not in first:
+                first[p] = o
+        for p, o in first.items():
+            self.consumer.seek(p, o)
+        return keep
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _offsets(self) -> dict:
-        return {TopicPartition(self.topic, p): OffsetAndMetadata(pos, "", -1)
-                for p, pos in self._positions.items()
-                if p in self._active and pos != self._committed.get(p)}
+    def _offsets(self) -> dict[int, int]:
+        """Input partition -> next offset to process, where that is not committed yet."""
+        return {p: pos for p, pos in self._positions.items() if p in self._active and pos != self._committed.get(p)}
 
     def _checkpoint(self, wait: bool = False) -> None:
         """Every --checkpoint-interval. At-least-once: start one (`Checkpoint.begin`) and go on processing;
@@ -485,11 +420,11 @@ class KafkaService:
                 return
             else:
                 ok = cp.commit(self.engine.store, offsets, self._commit_offsets)
-        except KafkaError:
+        except ClientError:
             self.metrics.checkpoints.labels("failed").inc()
             raise
         if ok:
-            self._committed.update({tp.partition: om.offset for tp, om in offsets.items()})
+            self._committed.update(offsets)
         if work:
             self._count_checkpoint(t0)
 
@@ -497,7 +432,7 @@ class KafkaService:
         """At-least-once: commit the pending checkpoint's offsets once its records are acknowledged."""
         try:
             offsets = self.checkpoint.due()
-        except KafkaError:
+        except ClientError:
             self.metrics.checkpoints.labels("failed").inc()
             raise
         if offsets is None:
@@ -508,34 +443,33 @@ class KafkaService:
                 self._commit_offsets(offsets)
             except FATAL_ERRORS:
                 raise
-            except KafkaError as exc:  # the state is durable: replayed events are deduplicated later
+            except ClientError as exc:  # the state is durable: replayed events are deduplicated later
                 ok = False
                 self.metrics.error("commit")
-                log.warning("offset commit failed (%s: %s); the events since the last commit will be replayed "
-                            "and deduplicated", type(exc).__name__, exc)
+                log.warning("offset commit failed (%s); the events since the last commit will be replayed "
+                            "and deduplicated", exc)
         self.checkpoint.committed(ok)
         if ok:
-            self._committed.update({tp.partition: om.offset for tp, om in offsets.items()})
+            self._committed.update(offsets)
         self._count_checkpoint(self._checkpoint_started)
 
-    def _commit_offsets(self, offsets: dict) -> None:
-        self.consumer.commit(offsets, timeout_ms=self.settings.commit_timeout_ms)
+    def _commit_offsets(self, offsets: dict[int, int]) -> None:
+        self.consumer.commit(offsets, self.settings.commit_timeout_ms / 1000)
 
     def _count_checkpoint(self, t0: float) -> None:
         self.metrics.checkpoints.labels("ok").inc()
         self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
         self.totals["checkpoints"] += 1
 
-    # ------------------------------------------------------------------ rebalance callbacks (IO thread)
+    # ------------------------------------------------------------------ rebalance callbacks (`RebalanceListener`)
 
-    def revoke_checkpoint(self, revoked) -> dict | None:
+    def revoke_checkpoint(self, parts: set[int]) -> dict[int, int] | None:
         """Checkpoint before giving partitions up. Returns the offsets still to commit (at-least-once),
         or None when there is nothing more to do."""
         with self._lock:
             if self._resetting:
                 return None
             self.metrics.rebalances.labels("revoked").inc()
-            parts = {tp.partition for tp in revoked if tp.topic == self.topic}
             log.info("partitions %s revoked", sorted(parts))
             self._suspended |= parts & self._active
             if self._needs_recovery or not self._active:
@@ -545,7 +479,7 @@ class KafkaService:
                 t0 = time.perf_counter()
                 if self.settings.exactly_once:
                     self.checkpoint.commit_transaction(self.engine.store, offsets, self.consumer.group_metadata())
-                    self._committed.update({tp.partition: om.offset for tp, om in offsets.items()})
+                    self._committed.update(offsets)
                     self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
                     self.metrics.checkpoints.labels("ok").inc()
                     return None
@@ -553,7 +487,7 @@ class KafkaService:
                 self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
                 self.metrics.checkpoints.labels("ok").inc()
                 return offsets
-            except Exception as exc:  # noqa: BLE001 - never raise into kafka-python's loop
+            except Exception as exc:  # noqa: BLE001 - never raise into the client's callback
                 self.metrics.checkpoints.labels("failed").inc()
                 self.metrics.error("listener")
                 log.warning("checkpoint on revocation failed (%s: %s); dropping the state of the revoked "
@@ -563,13 +497,15 @@ class KafkaService:
                 self._abandon_producer()
                 return None
 
-    def revoke_done(self, offsets: dict, committed: bool) -> None:
+    def revoke_done(self, offsets: dict[int, int], committed: bool) -> None:
         with self._lock:
             if self._resetting:
                 return
             if committed:
-                self._committed.update({tp.partition: om.offset for tp, om in offsets.items()})
+                self._committed.update(offsets)
                 self.checkpoint.offsets_committed()
+            elif offsets:
+                self.metrics.error("commit")
             try:
                 self.checkpoint.write_tombstones()
             except Exception as exc:  # noqa: BLE001
@@ -577,23 +513,21 @@ class KafkaService:
                 log.warning("writing tombstones on revocation failed (%s: %s)", type(exc).__name__, exc)
                 self._abandon_producer()
 
-    def assigned(self, assigned) -> None:
+    def assigned(self, new: set[int]) -> None:
         with self._lock:
             if self._resetting:
                 return
             try:
                 self.metrics.rebalances.labels("assigned").inc()
-                new = {tp.partition for tp in assigned if tp.topic == self.topic}
                 kept = (self._suspended | self._active) & new
                 if self._needs_recovery:
                     kept = set()
                 self._drop((self._suspended | self._active | self._pending) - kept)
+                for p in kept & self._suspended & set(self._positions):  # revoked and handed back (eager)
+                    self.consumer.seek(p, self._positions[p])
                 self._suspended.clear()
                 fresh = new - kept
-                for p in kept & set(self._positions):
-                    self.consumer.seek(TopicPartition(self.topic, p), self._positions[p])
-                if fresh:
-                    self.consumer.pause(*[TopicPartition(self.topic, p) for p in fresh])
+                self.consumer.pause(sorted(fresh))
                 self._owned = new
                 self._active = kept
                 self._pending = fresh
@@ -601,18 +535,27 @@ class KafkaService:
                 log.info("partitions %s assigned (%s kept in memory, %s to restore)", sorted(new), sorted(kept),
                          sorted(fresh))
                 if not fresh:
-                    self.ready.set()
+                    self._set_ready()
             except Exception as exc:  # noqa: BLE001
                 self.metrics.error("listener")
                 log.warning("handling the assignment failed (%s: %s); rewinding", type(exc).__name__, exc)
                 self._needs_recovery = True
 
-    def lost(self, lost) -> None:
+    def unassigned(self, parts: set[int]) -> None:
+        """Cooperative rebalancing: the revoked partitions go for good (checkpointed by revoke_checkpoint)."""
+        with self._lock:
+            if self._resetting:
+                return
+            self._drop(parts & (self._suspended | self._active | self._pending))
+            self._suspended -= parts
+            self._owned -= parts
+            self.metrics.assigned_partitions.set(len(self._owned))
+
+    def lost(self, parts: set[int]) -> None:
         with self._lock:
             if self._resetting:
                 return
             self.metrics.rebalances.labels("lost").inc()
-            parts = {tp.partition for tp in lost if tp.topic == self.topic}
             log.warning("partitions %s lost (forced out of the group): dropping their state unwritten", sorted(parts))
             self._drop(parts | self._suspended)
             self._suspended.clear()
@@ -664,7 +607,7 @@ class KafkaService:
         with self._lock:
             parts = sorted(self._pending)
             if parts:
-                self.topology.observe(len(self.consumer.partitions_for_topic(self.topic) or ()))
+                self.topology.observe(self.consumer.partition_count())
                 self.topology.ensure_changelog(parts[-1] + 1)  # adds them (--create-topics) or stops
             try:
                 stats = self.restorer.restore(self.engine.store, parts)
@@ -673,12 +616,12 @@ class KafkaService:
                                 "raise --max-streams or run more instances") from None
             self._active |= set(parts)
             self._pending -= set(parts)
-            self.consumer.resume(*[TopicPartition(self.topic, p) for p in parts])
+            self.consumer.resume(parts)
             self.engine.metrics.active_streams.set(len(self.engine.store))
         log.info("restored %d streams of partitions %s from %s in %.2fs (%d records, %d reset to the new model, "
                  "%d unreadable)", stats.streams, parts, self.settings.topics.changelog, stats.seconds, stats.records,
                  stats.reset, stats.invalid)
-        self.ready.set()
+        self._set_ready()
 
     def _recover(self) -> None:
         """Rewind to the last checkpoint (see the module docstring)."""
@@ -694,34 +637,31 @@ class KafkaService:
             owned = sorted(self._owned)
             self._drop(set(owned) | self._suspended)
             self._suspended.clear()
-            tps = [TopicPartition(self.topic, p) for p in owned]
-            for tp in tps:
-                committed = self.consumer.committed(tp)
-                if committed is None:
-                    self.consumer.seek_to_beginning(tp)
-                else:
-                    self.consumer.seek(tp, committed)
-            if tps:
-                self.consumer.pause(*tps)
+            self.consumer.rewind(owned)  # to the committed offsets (or by auto.offset.reset)
+            self.consumer.pause(owned)
             self._pending = set(owned)
             self._active = set()
             self._needs_recovery = False
         log.info("rewound to the last checkpoint: restoring partitions %s", owned)
 
+    def _set_ready(self) -> None:
+        self.ready.set()
+        self.clients.serving()  # failures from now on are waited out, not probed
+
     def _await_partitions(self, topic: str, count: int) -> None:
-        """Wait (a metadata refresh at most) until the producer knows `count` partitions of `topic`: kafka-python
+        """Wait (a metadata refresh at most) until the producer knows `count` partitions of `topic`: a client
         refuses a record for a partition its metadata does not have yet."""
         deadline = time.monotonic() + self.clients.tuning.metadata_max_age_ms / 1000 + 10
-        while len(self.checkpoint.producer.partitions_for(topic) or ()) < count:
+        while self.checkpoint.producer.partition_count(topic) < count:
             if time.monotonic() > deadline:
-                raise KafkaTimeoutError(f"the producer did not learn the {count} partitions of {topic} in time")
+                raise ClientTimeout(f"the producer did not learn the {count} partitions of {topic} in time")
             time.sleep(0.1)
 
     def _update_lag(self) -> None:
         lags = {}
         for p in self._owned:
             try:
-                hw = self.consumer.highwater(TopicPartition(self.topic, p))
+                hw = self.consumer.highwater(p)
             except Exception:  # noqa: BLE001 - not assigned any more
                 continue
             pos = self._positions.get(p, self._committed.get(p))
@@ -736,17 +676,5 @@ class KafkaService:
 HEAVY_POLL_BYTES = 256 * 1024
 
 
-def _heavy(records: dict) -> bool:
-    return sum(len(r.value or b"") for recs in records.values() for r in recs) > HEAVY_POLL_BYTES
-
-
-def _error_kind(exc: BaseException) -> str:
-    from kafka.errors import KafkaTimeoutError
-
-    from streamer.kafka.checkpoint import DeliveryError
-
-    if isinstance(exc, DeliveryError):
-        return "produce"
-    if isinstance(exc, KafkaTimeoutError):
-        return "connect"
-    return "poll"
+def _heavy(batch: Batch) -> bool:
+    return sum(map(len, filter(None, batch.values))) > HEAVY_POLL_BYTES

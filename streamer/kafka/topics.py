@@ -7,6 +7,9 @@
   partitions as the input topic: changelog partition p holds the state of the streams of input
   partition p. It is named after the consumer group because state and committed offsets belong
   together: two groups reading one input topic (say, two models) each keep their own.
+
+The functions take a `streamer.kafka.client.Admin` (either client's; a kafka-python KafkaAdminClient
+is wrapped by `as_admin`).
 """
 
 from __future__ import annotations
@@ -46,27 +49,24 @@ class Topics:
         return [self.input, self.output, self.dlq, self.changelog]
 
 
+def as_admin(admin):
+    """`admin` as a `streamer.kafka.client.Admin`: a kafka-python KafkaAdminClient is wrapped (tests and
+    scripts hold those), anything else is taken to be an `Admin` already."""
+    if type(admin).__module__.startswith("kafka.") and type(admin).__name__ == "KafkaAdminClient":
+        from streamer.kafka.kafka_python import KafkaPythonAdmin  # (no kafka-python import otherwise)
+
+        return KafkaPythonAdmin(admin)
+    return admin
+
+
 def describe(admin, names: list[str]) -> dict[str, int | None]:
     """Partition count of each topic; None for a topic that does not exist. A topic the client may not
-    Describe raises TopicAuthorizationFailedError (Kafka then does not say whether it exists)."""
-    from kafka.errors import TopicAuthorizationFailedError
-
-    found: dict[str, int | None] = {}
-    described = admin.describe_topics(list(names))
-    refused = sorted(t["name"] for t in described if t.get("error_code") == TopicAuthorizationFailedError.errno)
-    if refused:
-        raise TopicAuthorizationFailedError(set(refused))
-    for t in described:
-        found[t["name"]] = len(t["partitions"]) if t.get("error_code", 0) == 0 else None
-    return {n: found.get(n) for n in names}
+    Describe raises a FatalClientError (TOPIC_AUTHORIZATION_FAILED: Kafka then does not say whether it exists)."""
+    return as_admin(admin).partition_counts(list(names))
 
 
 def cleanup_policy(admin, topic: str) -> str:
-    from kafka.admin import ConfigResource, ConfigResourceType
-
-    described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all")
-    entry = described.get("topic", {}).get(topic, {}).get("cleanup.policy", {})
-    return str(entry.get("value", "delete"))
+    return str(as_admin(admin).topic_config(topic, "cleanup.policy") or "delete")
 
 
 def ensure(admin, topics: Topics, *, create: bool, partitions: int | None = None,
@@ -78,8 +78,9 @@ def ensure(admin, topics: Topics, *, create: bool, partitions: int | None = None
     and `create` is off, when an existing changelog's partition count differs from the input topic's,
     or when the changelog is not compacted.
     """
-    from kafka.errors import TopicAlreadyExistsError
+    from streamer.kafka.client import TopicSpec
 
+    admin = as_admin(admin)
     counts = describe(admin, topics.all())
     check_changelog(counts, topics)
     missing = [n for n, c in counts.items() if c is None]
@@ -88,15 +89,12 @@ def ensure(admin, topics: Topics, *, create: bool, partitions: int | None = None
                         f"--partitions N` (same flags) or start serve with --create-topics")
     if missing:
         n_input = counts[topics.input] or partitions or 1
-        spec = {}
+        specs = {}
         for name in missing:
             n = n_input if name in (topics.input, topics.changelog) else (partitions or n_input)
             configs = dict(CHANGELOG_CONFIGS) if name == topics.changelog else {}
-            spec[name] = {"num_partitions": n, "replication_factor": replication_factor, "configs": configs}
-        try:
-            admin.create_topics(spec, timeout_ms=30000, wait_for_metadata=True)
-        except TopicAlreadyExistsError:
-            pass  # another instance created them at the same moment
+            specs[name] = TopicSpec(n, replication_factor, configs)
+        admin.create_topics(specs)  # one that another instance created at the same moment is fine
         counts = describe(admin, topics.all())
     check_changelog(counts, topics)
     policy = cleanup_policy(admin, topics.changelog)

@@ -1,7 +1,8 @@
 """Partitions added to the input topic while serving.
 
-The consumer refreshes the topic's metadata every ``--metadata-max-age-ms`` (5 s; kafka-python's default
-is 5 minutes, during which new partitions' events would sit unread and unreported). `TopologyWatch`
+The consumer refreshes the topic's metadata every ``--metadata-max-age-ms`` (5 s; the default of both
+kafka-python and librdkafka (``topic.metadata.refresh.interval.ms``) is 5 minutes, during which new
+partitions' events would sit unread and unreported). `TopologyWatch`
 looks at the partition count every second: growth is logged and exported
 (``streamer_kafka_input_partitions``), and the changelog must follow, because changelog partition p
 holds the state of input partition p:
@@ -69,17 +70,10 @@ class TopologyWatch:
             self.await_changelog(changelog, self.changelog_partitions)
 
     def _add_partitions(self, topic: str, needed: int) -> int:
-        from kafka.errors import InvalidPartitionsError
-
-        from streamer.kafka.topics import describe
-
-        admin = self.clients.admin()
+        admin = self.clients.admin()  # a streamer.kafka.client.Admin (either client)
         try:
-            try:
-                admin.create_partitions({topic: needed}, timeout_ms=30000)
-            except InvalidPartitionsError:
-                pass  # another instance added them first
-            count = describe(admin, [topic])[topic] or 0
+            admin.create_partitions(topic, needed)  # fine if another instance added them first
+            count = admin.partition_counts([topic])[topic] or 0
         finally:
             admin.close()
         if count < needed:
