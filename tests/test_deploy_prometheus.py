@@ -117,6 +117,17 @@ RULE_TESTS = [
     ("checkpoints fine", [_series("streamer_kafka_checkpoints_total", "0x40", outcome="failed"),
                           _series("streamer_kafka_checkpoints_total", "0+10x40", outcome="ok")], "12m",
      "StreamerCheckpointsFailing", False),
+    ("a split stream", [_series("streamer_split_streams_total", "0+1x40")], "12m", "StreamerRoutingMistakes", True),
+    ("messages outside their murmur2 partition", [_series("streamer_kafka_partitioner_mismatch_total", "0+5x40")],
+     "12m", "StreamerRoutingMistakes", True),
+    ("keys and partitions fine", [_series("streamer_split_streams_total", "3x40"),
+                                  _series("streamer_kafka_partitioner_mismatch_total", "0x40")], "30m",
+     "StreamerRoutingMistakes", False),
+    ("an internal error", [_series("streamer_dead_letters_total", "0x5 1x35", reason="internal_error")], "5m",
+     "StreamerInternalErrors", True),
+    ("only schema dead letters", [_series("streamer_dead_letters_total", "0+9x40", reason="invalid_json"),
+                                  _series("streamer_dead_letters_total", "0x40", reason="internal_error")], "12m",
+     "StreamerInternalErrors", False),
 ]
 
 
