@@ -40,10 +40,11 @@ prometheus:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
 	   && (systemctl disable --now prometheus 2>/dev/null; service prometheus stop 2>/dev/null; pkill -x prometheus 2>/dev/null; true))
 
-# Debian's kcat: the hostile-input and routing tests produce raw bytes with it, as a Kafka user would.
+# Debian's kcat: the hostile-input and routing tests produce raw bytes with it, as a Kafka user would;
+# openssl makes the secured test broker's certificates (deploy/make-certs.sh).
 kcat:
-	@command -v kcat >/dev/null 2>&1 || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat >/dev/null)
+	@command -v kcat >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat openssl >/dev/null)
 
 bench: install
 	$(PY) benchmarks/bench_step.py
