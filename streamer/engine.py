@@ -421,6 +421,10 @@ class Engine:
             given = np.where(given >= 0, given + row_off, -1)
             row_first = row_off == 0
             row_last = row_off == counts[row_event] - 1
+        if not ev.reset.any() and not ev.end.any():
+            outputs = self._apply_sequences(ev, row_event if row_first is not None else None, row_slot, given, stats)
+            if outputs is not None:
+                return outputs
         row_reset = None
         if ev.reset.any():
             row_reset = ev.reset[row_event] if row_first is None else ev.reset[row_event] & row_first
@@ -516,6 +520,50 @@ class Engine:
         stats.events = {**stats.events, "applied": n_events}
         if n_rows == n_events:
             return self._outputs_of(ev, None, out_step, y_all)
+        return self._outputs_of(ev, row_event, out_step, y_all)
+
+    def _apply_sequences(self, ev: Events, row_event: np.ndarray | None, row_slot: np.ndarray, given: np.ndarray,
+                         stats: ApplyStats) -> Outputs | None:
+        """The usual poll with several rows of some stream (a Kafka poll holds runs of one partition's events,
+        each stream's several times; chunks): when every row goes on from its stream's previous one (no
+        duplicate, gap, reset or end), each stream's rows are one sequence and `model.run_ragged` steps them
+        all, the state staying in the model's layout from step to step instead of a gather and a scatter per
+        wave. The same waves, the same arithmetic. None: the general path (`_apply_waves`) decides."""
+        run = getattr(self.model, "run_ragged", None)
+        n = len(row_slot)
+        if run is None or n < 2:
+            return None
+        order = np.argsort(row_slot, kind="stable")  # rows grouped by stream, in input order within each
+        sorted_slots = row_slot[order]
+        group_start = np.flatnonzero(np.r_[True, sorted_slots[1:] != sorted_slots[:-1]])
+        if len(group_start) == n:  # one row per stream: one wave, no gathers (`_apply_waves`)
+            return None
+        sizes = np.diff(np.r_[group_start, n])  # rows per stream
+        rank = np.arange(n) - np.repeat(group_start, sizes)  # the row's place in its stream (its wave)
+        streams = sorted_slots[group_start]
+        store = self.store
+        last = store.last_step[streams]
+        expected = np.repeat(last + 1, sizes) + rank
+        g = given[order]
+        if not ((g < 0) | (g == expected)).all():
+            return None
+        by_length = np.argsort(-sizes, kind="stable")
+        column = np.empty(len(sizes), np.int64)
+        column[by_length] = np.arange(len(sizes))
+        row_column = np.repeat(column, sizes)
+        model = self.model
+        xs = np.zeros((len(sizes), int(sizes.max()), model.feature_size), np.float32)
+        xs[row_column, rank] = ev.features[order]
+        ordered = streams[by_length]
+        ys, final = run(xs, sizes[by_length], store.state[ordered])
+        store.write(ordered, final, (last + sizes)[by_length])
+        y_all = np.empty((n, model.output_size), np.float32)
+        y_all[order] = ys[row_column, rank]
+        out_step = np.empty(n, np.int64)
+        out_step[order] = expected
+        stats.waves.extend(np.bincount(rank).tolist())
+        stats.steps = {"applied": n}
+        stats.events = {**stats.events, "applied": len(ev)}
         return self._outputs_of(ev, row_event, out_step, y_all)
 
     @staticmethod

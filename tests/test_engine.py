@@ -409,6 +409,70 @@ def test_large_waves_are_stepped_in_blocks_with_the_same_results(model):
         np.testing.assert_allclose(np.array([got[t] for t in range(len(x))]), model.run(x)[0], atol=TOL)
 
 
+class StepOnly:
+    """The model with `step` alone: the engine then steps every poll wave by wave (`Engine._apply_waves`)."""
+
+    def __init__(self, model):
+        self.model = model
+        for name in ("feature_size", "output_size", "state_size", "version"):
+            setattr(self, name, getattr(model, name))
+
+    def initial_state(self, n):
+        return self.model.initial_state(n)
+
+    def step(self, x, state):
+        return self.model.step(x, state)
+
+
+class Ragged(StepOnly):
+    """The model with `run_ragged` too, counting its calls."""
+
+    calls = 0
+
+    def run_ragged(self, xs, lengths, state):
+        self.calls += 1
+        return self.model.run_ragged(xs, lengths, state)
+
+
+@pytest.mark.parametrize("batch_size", [5, 60, 1000])
+def test_sequences_of_a_poll_give_what_waves_give(model, batch_size):
+    """A poll with several rows per stream goes through `model.run_ragged` when every row follows its stream's
+    previous one, else wave by wave; either way the records, dead letters, metrics and states are the same as
+    stepping wave by wave throughout (duplicates, gaps, resets and ends mixed in)."""
+    rng = np.random.default_rng(batch_size)
+    seqs = {f"s{i}": rng.random((int(rng.integers(1, 40)), F), dtype=np.float32) for i in range(6)}
+    msgs = interleaved(rng, seqs, chunk_prob=0.4)
+    messy = msgs[-20:] + [event("s1", [1, 2, 3], step=50), event("s2", [1, 2, 3], reset=True),
+                          event("s3", [3, 2, 1], end=True), event("s4", [[1, 2, 3], [3, 2, 1]]), event("s4", [0, 1, 0]),
+                          event("s0", [1, 1, 1], step=0)]  # replayed events (duplicates), a gap, reset, end...
+    runs = []
+    ragged = Ragged(model)
+    for m in (ragged, StepOnly(model)):
+        engine, metrics = make(m)
+        sink = feed(engine, msgs, batch_size)
+        more = feed(engine, messy, batch_size)
+        sink.records += more.records
+        sink.dead_letters += more.dead_letters
+        runs.append((sink, metrics, engine.store))
+    (a, ma, sa), (b, mb, sb) = runs
+    assert ragged.calls > 0
+    assert [(r["stream_id"], r["step"], len(r.get("predictions", [0]))) for r in a.records] == \
+        [(r["stream_id"], r["step"], len(r.get("predictions", [0]))) for r in b.records]
+    for ra, rb in zip(a.records, b.records):
+        np.testing.assert_allclose(ra.get("predictions", ra.get("prediction")),
+                                   rb.get("predictions", rb.get("prediction")), atol=1e-6)
+    assert a.dead_letters == b.dead_letters
+    for name, labels in [("streamer_steps_total", {"outcome": "applied"}), ("streamer_steps_total", {"outcome": "duplicate"}),
+                         ("streamer_events_total", {"outcome": "applied"}), ("streamer_gaps_total", {}),
+                         ("streamer_wave_size_streams_count", {}), ("streamer_wave_size_streams_sum", {})]:
+        assert value(ma, name, **labels) == value(mb, name, **labels), name
+    assert sorted(sa.stream_ids()) == sorted(sb.stream_ids())
+    for sid in sa.stream_ids():
+        ea, eb = sa.export(sid), sb.export(sid)
+        assert ea.last_step == eb.last_step
+        np.testing.assert_allclose(ea.state, eb.state, atol=1e-6)
+
+
 def test_json_lines_exact_text_for_odd_ids_versions_and_values():
     """The encoder's exact output: ids and model version JSON-escaped (a '%' stays a '%'), float32
     shortest texts, null for non-finite values, ts only where given, chunks as lists of rows."""
