@@ -117,7 +117,6 @@ class Outputs:
         float-to-string, vectorised). Non-finite predictions (a model overflowing on extreme inputs)
         are written as null.
         """
-        rows = _row_texts(self.predictions)
         ts = self.ts
         n_ts = len(ts) - ts.count(None)
         tss = () if n_ts == 0 else ["" if t is None else ',"ts":' + repr(t) for t in ts]
@@ -126,8 +125,16 @@ class Outputs:
         ids = map(_quote, self.stream_ids)
         steps = self.steps.tolist()
         if not self.chunk.any():
+            rows = _row_texts(self.predictions)
             fmt = head + '"prediction":[%s]' + tail
             return [fmt % r for r in (zip(ids, steps, rows, tss) if n_ts else zip(ids, steps, rows))]
+        same = _same_chunks(self)
+        if same is not None:  # the usual poll of chunks: their texts straight from one (records, k, O) array
+            texts = _chunk_texts(self.predictions, same)
+            if texts is not None:
+                fmt = head + '"predictions":[[%s]]' + tail
+                return [fmt % r for r in (zip(ids, steps, texts, tss) if n_ts else zip(ids, steps, texts))]
+        rows = _row_texts(self.predictions)
         starts = self.start.tolist()
         lengths = self.length.tolist()
         bodies = ['"predictions":[[' + "], [".join(rows[a:a + k]) + "]]" if c else '"prediction":[' + rows[a] + "]"
@@ -172,20 +179,47 @@ class Outputs:
 _ORJSON_TEXT_RANGE = (1e-4, 1e6)
 
 
+def _orjson_writes_numpys_text(preds: np.ndarray) -> bool:
+    """Whether orjson writes every value of `preds` as numpy's text (the usual case: NaN and inf are not)."""
+    if _orjson is None or preds.dtype != np.float32:
+        return False
+    a = np.abs(preds)
+    low, high = _ORJSON_TEXT_RANGE
+    return bool(((a >= low) & (a < high) | (a == 0)).all())
+
+
+def _same_chunks(out: Outputs) -> int | None:
+    """k when every record is a chunk of k >= 1 prediction rows, one after another in record order."""
+    n = len(out.stream_ids)
+    if n == 0 or not out.chunk.all():
+        return None
+    k = int(out.length[0])
+    if len(out.predictions) != n * k or not (out.length == k).all() or not (out.start == np.arange(0, n * k, k)).all():
+        return None
+    return k
+
+
+def _chunk_texts(preds: np.ndarray, k: int) -> list[str] | None:
+    """'v1, v2], [v3, v4' (the inside of a record's predictions list) for each record of k rows (numpy's text,
+    written by orjson); None where orjson's text would not be numpy's."""
+    if preds.shape[1] == 0 or not _orjson_writes_numpys_text(preds):
+        return None
+    whole = np.ascontiguousarray(preds).reshape(-1, k, preds.shape[1])
+    text = _orjson.dumps(whole, option=_orjson.OPT_SERIALIZE_NUMPY)[3:-3].decode("ascii")
+    return text.replace(",", ", ").split("]], [[")  # numpy's separator, then the records
+
+
 def _row_texts(preds: np.ndarray) -> list[str]:
     """'v1, v2, ...' for every row of a float32 matrix."""
     if preds.shape[0] == 0:
         return []
     if preds.shape[1] == 0:
         return [""] * preds.shape[0]
-    if _orjson is not None and preds.dtype == np.float32:
-        a = np.abs(preds)
-        low, high = _ORJSON_TEXT_RANGE
-        if ((a >= low) & (a < high) | (a == 0)).all():  # the usual case (NaN and inf are not in it)
-            text = _orjson.dumps(np.ascontiguousarray(preds), option=_orjson.OPT_SERIALIZE_NUMPY)[2:-2].decode("ascii")
-            if preds.shape[1] == 1:
-                return text.split("],[")
-            return text.replace(",", ", ").split("], [")  # numpy's separator, then the rows
+    if _orjson_writes_numpys_text(preds):
+        text = _orjson.dumps(np.ascontiguousarray(preds), option=_orjson.OPT_SERIALIZE_NUMPY)[2:-2].decode("ascii")
+        if preds.shape[1] == 1:
+            return text.split("],[")
+        return text.replace(",", ", ").split("], [")  # numpy's separator, then the rows
     text = preds.astype("U16")  # the longest float32 text, "-1.1754944e-38", has 14 characters
     if not np.isfinite(preds.sum(dtype=np.float64)):
         text[~np.isfinite(preds)] = "null"

@@ -512,3 +512,35 @@ def test_the_orjson_row_text_is_numpys_text(monkeypatch):
         monkeypatch.setattr(engine, "_orjson", None)
         assert fast == engine._row_texts(preds)
         monkeypatch.undo()
+
+
+def test_records_of_equal_chunks_are_written_at_once_with_numpys_text(monkeypatch):
+    """A poll of chunks of one length gets its prediction texts from one orjson call over (records, k, O):
+    the very lines the row-by-row path writes (numpy's text), for one or several outputs, one-step chunks,
+    values orjson would write differently (then numpy writes them), ts or not, and records split to fit."""
+    pytest.importorskip("orjson")
+    from streamer import engine
+    from streamer.engine import Outputs
+
+    rng = np.random.default_rng(11)
+    cases = []
+    for n, k, o in [(1, 1, 1), (3, 1, 2), (5, 10, 2), (40, 7, 1), (8, 3, 5)]:
+        preds = rng.random((n * k, o)).astype(np.float32)
+        ts = [None] * n if o != 2 else [int(t) for t in rng.integers(0, 2**40, n)]
+        out = Outputs("m%", [f"s{i}\u00e9" for i in range(n)], np.arange(n) * 100, ts, np.ones(n, bool),
+                      np.arange(0, n * k, k), np.full(n, k, np.int64), preds, np.arange(n * k))
+        cases.append(out)
+    odd = cases[2].predictions.copy()
+    odd[3, 1] = 1e-5  # numpy writes 1e-05, orjson 1e-5: the whole poll goes through numpy
+    cases.append(Outputs("m", cases[2].stream_ids, cases[2].steps, cases[2].ts, cases[2].chunk, cases[2].start,
+                         cases[2].length, odd, cases[2].row_steps))
+    cases.append(cases[3].split(3))  # records cut to fit: not one (records, k, O) array any more
+    for out in cases:
+        fast = out.json_lines()
+        monkeypatch.setattr(engine, "_orjson", None)
+        slow = out.json_lines()
+        monkeypatch.undo()
+        assert fast == slow
+        assert [json.loads(line)["predictions"] for line in fast] == \
+            [r["predictions"] for r in map(json.loads, slow)]
+    assert "1e-05" in cases[5].json_lines()[0]
