@@ -108,6 +108,8 @@ def main() -> int:
     p.add_argument("--chunk", type=int, default=10)
     p.add_argument("--rates", default="2000,5000", help="latency case: events/s, comma-separated")
     p.add_argument("--latency-seconds", type=float, default=12.0)
+    p.add_argument("--producer-linger-ms", type=float, default=1.0,
+                   help="latency case: the load generator's linger.ms (its batching delay is part of the figure)")
     p.add_argument("--restore-streams", type=int, default=100_000)
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per throughput figure")
     p.add_argument("--clients", default=",".join(CLIENTS))

@@ -228,6 +228,18 @@ def _row_texts(preds: np.ndarray) -> list[str]:
     return list(map(", ".join, text.tolist()))
 
 
+def _runs(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each run of equal values in `a` starts, and its length."""
+    n = len(a)
+    if n == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    change = np.empty(n, bool)
+    change[0] = True
+    np.not_equal(a[1:], a[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    return starts, np.diff(starts, append=n)
+
+
 @dataclass
 class PollResult:
     outputs: Outputs
@@ -455,7 +467,8 @@ class Engine:
             given = np.where(given >= 0, given + row_off, -1)
             row_first = row_off == 0
             row_last = row_off == counts[row_event] - 1
-        if not ev.reset.any() and not ev.end.any():
+        one_wave = n_rows == 1 or np.bincount(row_slot).max() == 1  # every row another stream's
+        if not one_wave and not ev.reset.any() and not ev.end.any():
             outputs = self._apply_sequences(ev, row_event if row_first is not None else None, row_slot, given, stats)
             if outputs is not None:
                 return outputs
@@ -467,7 +480,7 @@ class Engine:
             row_end = ev.end[row_event] if row_last is None else ev.end[row_event] & row_last
             ending = np.zeros(store.capacity, bool)
 
-        waves = self._waves(row_slot, store.capacity)
+        waves = [np.arange(n_rows)] if one_wave else self._waves(row_slot)
         status = np.zeros(n_rows, np.int8)
         out_step = np.empty(n_rows, np.int64)
         y_all = np.empty((n_rows, model.output_size), np.float32)
@@ -565,14 +578,11 @@ class Engine:
         wave. The same waves, the same arithmetic. None: the general path (`_apply_waves`) decides."""
         run = getattr(self.model, "run_ragged", None)
         n = len(row_slot)
-        if run is None or n < 2:
+        if run is None:
             return None
         order = np.argsort(row_slot, kind="stable")  # rows grouped by stream, in input order within each
         sorted_slots = row_slot[order]
-        group_start = np.flatnonzero(np.r_[True, sorted_slots[1:] != sorted_slots[:-1]])
-        if len(group_start) == n:  # one row per stream: one wave, no gathers (`_apply_waves`)
-            return None
-        sizes = np.diff(np.r_[group_start, n])  # rows per stream
+        group_start, sizes = _runs(sorted_slots)  # each stream's first row (in `order`) and rows
         rank = np.arange(n) - np.repeat(group_start, sizes)  # the row's place in its stream (its wave)
         streams = sorted_slots[group_start]
         store = self.store
@@ -601,15 +611,11 @@ class Engine:
         return self._outputs_of(ev, row_event, out_step, y_all)
 
     @staticmethod
-    def _waves(row_slot: np.ndarray, capacity: int) -> list[np.ndarray]:
+    def _waves(row_slot: np.ndarray) -> list[np.ndarray]:
         """Row indices per wave: wave w holds each stream's w-th row, in input order."""
         n = len(row_slot)
-        if n == 1 or np.bincount(row_slot, minlength=capacity).max() == 1:
-            return [np.arange(n)]
         order = np.argsort(row_slot, kind="stable")
-        sorted_slots = row_slot[order]
-        group_start = np.flatnonzero(np.r_[True, sorted_slots[1:] != sorted_slots[:-1]])
-        sizes = np.diff(np.r_[group_start, n])
+        group_start, sizes = _runs(row_slot[order])
         rank_sorted = np.arange(n) - np.repeat(group_start, sizes)
         rank = np.empty(n, np.int64)
         rank[order] = rank_sorted
@@ -624,12 +630,8 @@ class Engine:
         if row_event is None:  # one applied row per event, all events
             return Outputs(self.model.version, ev.stream_ids, row_steps, ev.ts, ev.chunk,
                            np.arange(n), np.ones(n, np.int64), preds, row_steps)
-        if n:
-            first = np.flatnonzero(np.r_[True, row_event[1:] != row_event[:-1]])
-        else:
-            first = np.empty(0, np.int64)
+        first, length = _runs(row_event)
         rec_event = row_event[first]
-        length = np.diff(np.r_[first, n])
         ids = ev.stream_ids
         ts = ev.ts
         return Outputs(self.model.version, [ids[e] for e in rec_event.tolist()], row_steps[first],
