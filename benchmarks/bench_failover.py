@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_engine import qa_step_model  # noqa: E402
-from kafka_bench_support import Deployment, Proc, events  # noqa: E402
+from kafka_bench_support import Deployment, Proc, events, precompile  # noqa: E402
 
 
 def _output_end(consumer, topic: str) -> int:
@@ -102,6 +102,7 @@ def main() -> int:
     p.add_argument("--kafka-client", choices=("kafka-python", "confluent"), default="kafka-python")
     args = p.parse_args()
     model = qa_step_model()
+    precompile()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
         work = Path(tmp)

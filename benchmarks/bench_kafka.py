@@ -44,8 +44,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_engine import qa_step_model  # noqa: E402  (same Q&A-shaped model as the engine benchmark)
-from kafka_bench_support import (PEER_VENV, Deployment, events, latency, peer_python, profile_summary,  # noqa: E402
-                                 restore, throughput)
+from kafka_bench_support import (PEER_VENV, Deployment, events, latency, peer_python, precompile,  # noqa: E402
+                                 profile_summary, restore, throughput)
 
 CLIENTS = ("kafka-python", "confluent")
 
@@ -108,6 +108,8 @@ def main() -> int:
     p.add_argument("--chunk", type=int, default=10)
     p.add_argument("--rates", default="2000,5000", help="latency case: events/s, comma-separated")
     p.add_argument("--latency-seconds", type=float, default=12.0)
+    p.add_argument("--producer-linger-ms", type=float, default=1.0,
+                   help="latency case: the load generator's linger.ms (its batching delay is part of the figure)")
     p.add_argument("--restore-streams", type=int, default=100_000)
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per throughput figure")
     p.add_argument("--clients", default=",".join(CLIENTS))
@@ -123,6 +125,7 @@ def main() -> int:
     clients = [c for c in args.clients.split(",") if c != "confluent" or _have_confluent()]
     cases = args.only or ["single", "chunks", "eos", "latency", "restore"]
     model = qa_step_model()
+    precompile()
     print(f"bench_kafka: broker {args.bootstrap}, {args.partitions} partitions, model {model!r}; clients "
           f"{', '.join(clients)}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-kafka-") as tmp:

@@ -250,6 +250,48 @@ class StepModel:
             return ys[0], final[0]
         return ys, final
 
+    def run_ragged(self, xs: np.ndarray, lengths, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Step a batch of sequences of different lengths: xs (B, T, F) holds sequence b in xs[b, :lengths[b]]
+        (the rest is ignored), `lengths` (B,) non-increasing, T = lengths[0] >= 1, state (B, S). Returns
+        ys (B, T, O), with ys[b, :lengths[b]] the outputs (zeros past a sequence's end), and each sequence's
+        state after its last step (B, S).
+
+        One `step` per timestep for the sequences still going, whose columns stay a prefix of the
+        feature-major state (sorted by length): no gather or scatter between steps. Same arithmetic as
+        calling `step` once per timestep on those sequences."""
+        xs = np.asarray(xs, dtype=F32)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        state = np.asarray(state, dtype=F32)
+        b = xs.shape[0] if xs.ndim == 3 else -1
+        if xs.ndim != 3 or xs.shape[2] != self.feature_size or lengths.shape != (b,) or \
+                state.shape != (b, self.state_size):
+            raise DataError(f"run_ragged takes xs (B, T, {self.feature_size}), lengths (B,) and state "
+                            f"(B, {self.state_size}); got {xs.shape}, {lengths.shape} and {state.shape}")
+        if b == 0:
+            return np.empty((0, xs.shape[1], self.output_size), F32), np.empty((0, self.state_size), F32)
+        t = int(lengths[0])
+        if t < 1 or xs.shape[1] < t or lengths[-1] < 1 or (b > 1 and (np.diff(lengths) > 0).any()):
+            raise DataError(f"run_ragged needs lengths from 1 to T={xs.shape[1]}, non-increasing; got {lengths}")
+        if b > self.chunk_rows:  # blocks of rows, as `step` does: each block is a prefix of its own lengths
+            parts = [self.run_ragged(xs[i:i + self.chunk_rows], lengths[i:i + self.chunk_rows],
+                                     state[i:i + self.chunk_rows]) for i in range(0, b, self.chunk_rows)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        xs_t = np.ascontiguousarray(xs[:, :t].transpose(1, 2, 0))  # (t, F, B)
+        ys_t = np.zeros((xs.shape[1], self.output_size, b), dtype=F32)
+        final = np.empty((self.state_size, b), dtype=F32)
+        state_t = np.ascontiguousarray(state.T)
+        going = np.searchsorted(-lengths, -np.arange(t), side="left").tolist()  # sequences longer than i
+        active = b
+        for i, n in enumerate(going):
+            if n < active:  # some sequences ended: keep their state, step the rest
+                final[:, n:active] = state_t[:, n:active]
+                state_t = np.ascontiguousarray(state_t[:, :n])
+                active = n
+            x = xs_t[i] if active == b else np.ascontiguousarray(xs_t[i, :, :active])
+            ys_t[i, :, :active], state_t = self._step_t(x, state_t)
+        final[:, :active] = state_t
+        return np.ascontiguousarray(ys_t.transpose(2, 0, 1)), np.ascontiguousarray(final.T)
+
     # ---- persistence ------------------------------------------------------------------------
     def spec(self) -> dict:
         """The content of step_model.json."""

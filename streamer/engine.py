@@ -117,7 +117,6 @@ class Outputs:
         float-to-string, vectorised). Non-finite predictions (a model overflowing on extreme inputs)
         are written as null.
         """
-        rows = _row_texts(self.predictions)
         ts = self.ts
         n_ts = len(ts) - ts.count(None)
         tss = () if n_ts == 0 else ["" if t is None else ',"ts":' + repr(t) for t in ts]
@@ -126,8 +125,16 @@ class Outputs:
         ids = map(_quote, self.stream_ids)
         steps = self.steps.tolist()
         if not self.chunk.any():
+            rows = _row_texts(self.predictions)
             fmt = head + '"prediction":[%s]' + tail
             return [fmt % r for r in (zip(ids, steps, rows, tss) if n_ts else zip(ids, steps, rows))]
+        same = _same_chunks(self)
+        if same is not None:  # the usual poll of chunks: their texts straight from one (records, k, O) array
+            texts = _chunk_texts(self.predictions, same)
+            if texts is not None:
+                fmt = head + '"predictions":[[%s]]' + tail
+                return [fmt % r for r in (zip(ids, steps, texts, tss) if n_ts else zip(ids, steps, texts))]
+        rows = _row_texts(self.predictions)
         starts = self.start.tolist()
         lengths = self.length.tolist()
         bodies = ['"predictions":[[' + "], [".join(rows[a:a + k]) + "]]" if c else '"prediction":[' + rows[a] + "]"
@@ -172,26 +179,65 @@ class Outputs:
 _ORJSON_TEXT_RANGE = (1e-4, 1e6)
 
 
+def _orjson_writes_numpys_text(preds: np.ndarray) -> bool:
+    """Whether orjson writes every value of `preds` as numpy's text (the usual case: NaN and inf are not)."""
+    if _orjson is None or preds.dtype != np.float32:
+        return False
+    a = np.abs(preds)
+    low, high = _ORJSON_TEXT_RANGE
+    return bool(((a >= low) & (a < high) | (a == 0)).all())
+
+
+def _same_chunks(out: Outputs) -> int | None:
+    """k when every record is a chunk of k >= 1 prediction rows, one after another in record order."""
+    n = len(out.stream_ids)
+    if n == 0 or not out.chunk.all():
+        return None
+    k = int(out.length[0])
+    if len(out.predictions) != n * k or not (out.length == k).all() or not (out.start == np.arange(0, n * k, k)).all():
+        return None
+    return k
+
+
+def _chunk_texts(preds: np.ndarray, k: int) -> list[str] | None:
+    """'v1, v2], [v3, v4' (the inside of a record's predictions list) for each record of k rows (numpy's text,
+    written by orjson); None where orjson's text would not be numpy's."""
+    if preds.shape[1] == 0 or not _orjson_writes_numpys_text(preds):
+        return None
+    whole = np.ascontiguousarray(preds).reshape(-1, k, preds.shape[1])
+    text = _orjson.dumps(whole, option=_orjson.OPT_SERIALIZE_NUMPY)[3:-3].decode("ascii")
+    return text.replace(",", ", ").split("]], [[")  # numpy's separator, then the records
+
+
 def _row_texts(preds: np.ndarray) -> list[str]:
     """'v1, v2, ...' for every row of a float32 matrix."""
     if preds.shape[0] == 0:
         return []
     if preds.shape[1] == 0:
         return [""] * preds.shape[0]
-    if _orjson is not None and preds.dtype == np.float32:
-        a = np.abs(preds)
-        low, high = _ORJSON_TEXT_RANGE
-        if ((a >= low) & (a < high) | (a == 0)).all():  # the usual case (NaN and inf are not in it)
-            text = _orjson.dumps(np.ascontiguousarray(preds), option=_orjson.OPT_SERIALIZE_NUMPY)[2:-2].decode("ascii")
-            if preds.shape[1] == 1:
-                return text.split("],[")
-            return text.replace(",", ", ").split("], [")  # numpy's separator, then the rows
+    if _orjson_writes_numpys_text(preds):
+        text = _orjson.dumps(np.ascontiguousarray(preds), option=_orjson.OPT_SERIALIZE_NUMPY)[2:-2].decode("ascii")
+        if preds.shape[1] == 1:
+            return text.split("],[")
+        return text.replace(",", ", ").split("], [")  # numpy's separator, then the rows
     text = preds.astype("U16")  # the longest float32 text, "-1.1754944e-38", has 14 characters
     if not np.isfinite(preds.sum(dtype=np.float64)):
         text[~np.isfinite(preds)] = "null"
     if preds.shape[1] == 1:
         return text[:, 0].tolist()
     return list(map(", ".join, text.tolist()))
+
+
+def _runs(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each run of equal values in `a` starts, and its length."""
+    n = len(a)
+    if n == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    change = np.empty(n, bool)
+    change[0] = True
+    np.not_equal(a[1:], a[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    return starts, np.diff(starts, append=n)
 
 
 @dataclass
@@ -421,6 +467,11 @@ class Engine:
             given = np.where(given >= 0, given + row_off, -1)
             row_first = row_off == 0
             row_last = row_off == counts[row_event] - 1
+        one_wave = n_rows == 1 or np.bincount(row_slot).max() == 1  # every row another stream's
+        if not one_wave and not ev.reset.any() and not ev.end.any():
+            outputs = self._apply_sequences(ev, row_event if row_first is not None else None, row_slot, given, stats)
+            if outputs is not None:
+                return outputs
         row_reset = None
         if ev.reset.any():
             row_reset = ev.reset[row_event] if row_first is None else ev.reset[row_event] & row_first
@@ -429,7 +480,7 @@ class Engine:
             row_end = ev.end[row_event] if row_last is None else ev.end[row_event] & row_last
             ending = np.zeros(store.capacity, bool)
 
-        waves = self._waves(row_slot, store.capacity)
+        waves = [np.arange(n_rows)] if one_wave else self._waves(row_slot)
         status = np.zeros(n_rows, np.int8)
         out_step = np.empty(n_rows, np.int64)
         y_all = np.empty((n_rows, model.output_size), np.float32)
@@ -518,16 +569,53 @@ class Engine:
             return self._outputs_of(ev, None, out_step, y_all)
         return self._outputs_of(ev, row_event, out_step, y_all)
 
+    def _apply_sequences(self, ev: Events, row_event: np.ndarray | None, row_slot: np.ndarray, given: np.ndarray,
+                         stats: ApplyStats) -> Outputs | None:
+        """The usual poll with several rows of some stream (a Kafka poll holds runs of one partition's events,
+        each stream's several times; chunks): when every row goes on from its stream's previous one (no
+        duplicate, gap, reset or end), each stream's rows are one sequence and `model.run_ragged` steps them
+        all, the state staying in the model's layout from step to step instead of a gather and a scatter per
+        wave. The same waves, the same arithmetic. None: the general path (`_apply_waves`) decides."""
+        run = getattr(self.model, "run_ragged", None)
+        n = len(row_slot)
+        if run is None:
+            return None
+        order = np.argsort(row_slot, kind="stable")  # rows grouped by stream, in input order within each
+        sorted_slots = row_slot[order]
+        group_start, sizes = _runs(sorted_slots)  # each stream's first row (in `order`) and rows
+        rank = np.arange(n) - np.repeat(group_start, sizes)  # the row's place in its stream (its wave)
+        streams = sorted_slots[group_start]
+        store = self.store
+        last = store.last_step[streams]
+        expected = np.repeat(last + 1, sizes) + rank
+        g = given[order]
+        if not ((g < 0) | (g == expected)).all():
+            return None
+        by_length = np.argsort(-sizes, kind="stable")
+        column = np.empty(len(sizes), np.int64)
+        column[by_length] = np.arange(len(sizes))
+        row_column = np.repeat(column, sizes)
+        model = self.model
+        xs = np.zeros((len(sizes), int(sizes.max()), model.feature_size), np.float32)
+        xs[row_column, rank] = ev.features[order]
+        ordered = streams[by_length]
+        ys, final = run(xs, sizes[by_length], store.state[ordered])
+        store.write(ordered, final, (last + sizes)[by_length])
+        y_all = np.empty((n, model.output_size), np.float32)
+        y_all[order] = ys[row_column, rank]
+        out_step = np.empty(n, np.int64)
+        out_step[order] = expected
+        stats.waves.extend(np.bincount(rank).tolist())
+        stats.steps = {"applied": n}
+        stats.events = {**stats.events, "applied": len(ev)}
+        return self._outputs_of(ev, row_event, out_step, y_all)
+
     @staticmethod
-    def _waves(row_slot: np.ndarray, capacity: int) -> list[np.ndarray]:
+    def _waves(row_slot: np.ndarray) -> list[np.ndarray]:
         """Row indices per wave: wave w holds each stream's w-th row, in input order."""
         n = len(row_slot)
-        if n == 1 or np.bincount(row_slot, minlength=capacity).max() == 1:
-            return [np.arange(n)]
         order = np.argsort(row_slot, kind="stable")
-        sorted_slots = row_slot[order]
-        group_start = np.flatnonzero(np.r_[True, sorted_slots[1:] != sorted_slots[:-1]])
-        sizes = np.diff(np.r_[group_start, n])
+        group_start, sizes = _runs(row_slot[order])
         rank_sorted = np.arange(n) - np.repeat(group_start, sizes)
         rank = np.empty(n, np.int64)
         rank[order] = rank_sorted
@@ -542,12 +630,8 @@ class Engine:
         if row_event is None:  # one applied row per event, all events
             return Outputs(self.model.version, ev.stream_ids, row_steps, ev.ts, ev.chunk,
                            np.arange(n), np.ones(n, np.int64), preds, row_steps)
-        if n:
-            first = np.flatnonzero(np.r_[True, row_event[1:] != row_event[:-1]])
-        else:
-            first = np.empty(0, np.int64)
+        first, length = _runs(row_event)
         rec_event = row_event[first]
-        length = np.diff(np.r_[first, n])
         ids = ev.stream_ids
         ts = ev.ts
         return Outputs(self.model.version, [ids[e] for e in rec_event.tolist()], row_steps[first],

@@ -383,11 +383,13 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int,
     idx: list[int] | None = None  # the message index of each candidate; None: all, in order
     careful: list[int] = []
     have_objs = False  # from the parse on, every drop's first column is the parsed objects
+    numbers = None  # every candidate's feature values, flattened (from the features check until a drop)
 
     def drop(keep: list, *cols: list) -> list[list]:
         """Leave the candidates where `keep` is false to `_decode_one` (with their parsed objects, once
         the first column is the objects); the columns, filtered."""
-        nonlocal idx  # (have_objs is only read)
+        nonlocal idx, numbers  # (have_objs is only read)
+        numbers = None
         at = range(len(keep)) if idx is None else idx
         careful.extend(i for i, k in zip(at, keep) if not k)
         if have_objs:
@@ -428,7 +430,7 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int,
         keep = _tokens_keep(feats, vocab_size)
     else:
         chunked = bool(feats) and type(feats[0]) is list and len(feats[0]) > 0 and type(feats[0][0]) is list
-        keep = _features_keep(feats, feature_size, chunked)
+        keep, numbers = _features_keep(feats, feature_size, chunked)
     if keep is not None:
         objs, sids, feats = drop(keep, objs, sids, feats)
     # keys beyond stream_id and features (an upper bound once messages are dropped): when none are
@@ -468,13 +470,14 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int,
     m = len(objs)
     if m == 0:
         return None, sorted(careful), parsed
-    events = _bulk_events(sids, steps, feats, chunked, flags, ts, idx, feature_size, vocab_size is not None)
+    events = _bulk_events(sids, steps, feats, chunked, flags, ts, idx, feature_size, vocab_size is not None, numbers)
     return events, sorted(careful), parsed
 
 
 def _bulk_events(sids: list, steps: list, feats: list, chunked: bool, flags: list, ts: list, idx: list | None,
-                 feature_size: int, tokens: bool = False) -> Events:
-    """The `Events` of the bulk path's accepted columns (`idx`: their message indices; None: all)."""
+                 feature_size: int, tokens: bool = False, numbers: list | None = None) -> Events:
+    """The `Events` of the bulk path's accepted columns (`idx`: their message indices; None: all); `numbers`:
+    every feature value in order, when the features check made that list already."""
     m = len(sids)
     resets, ends = flags
     if steps.count(None) == m:
@@ -492,7 +495,7 @@ def _bulk_events(sids: list, steps: list, feats: list, chunked: bool, flags: lis
         end=np.array([v is True for v in ends], dtype=bool) if True in ends else np.zeros(m, dtype=bool),
         ts=ts,
         features=_ids_to_float32(feats) if tokens else
-        _rows_to_float32(list(chain.from_iterable(feats)) if chunked else feats, feature_size),
+        _rows_to_float32(list(chain.from_iterable(feats)) if chunked else feats, feature_size, numbers),
         index=np.arange(m, dtype=np.int64) if idx is None else np.array(idx, dtype=np.int64),
     )
 
@@ -504,21 +507,25 @@ def _tokens_keep(feats: list, vocab_size: int) -> list[bool] | None:
     return [type(f) is int and 0 <= f < vocab_size for f in feats]
 
 
-def _features_keep(feats: list, feature_size: int, chunked: bool) -> list[bool] | None:
-    """None when every features value is F numbers (`chunked`: a non-empty list of such lists, a chunk);
-    else which ones are (the others go to `_decode_one`). Checked over whole columns first."""
+def _features_keep(feats: list, feature_size: int, chunked: bool) -> tuple[list[bool] | None, list | None]:
+    """(None, every number in order) when every features value is F numbers (`chunked`: a non-empty list of
+    such lists, a chunk); else (which ones are, None): the others go to `_decode_one`. Checked over whole
+    columns first; the flat list of numbers made for the check is what `_rows_to_float32` converts."""
     if not chunked:
-        if set(map(type, feats)) == _LIST_TYPE and set(map(len, feats)) == {feature_size} and \
-                set(map(type, chain.from_iterable(feats))) <= _NUMBER_TYPES:
-            return None
-        return [type(f) is list and len(f) == feature_size and set(map(type, f)) <= _NUMBER_TYPES for f in feats]
+        if set(map(type, feats)) == _LIST_TYPE and set(map(len, feats)) == {feature_size}:
+            numbers = list(chain.from_iterable(feats))
+            if set(map(type, numbers)) <= _NUMBER_TYPES:
+                return None, numbers
+        return [type(f) is list and len(f) == feature_size and set(map(type, f)) <= _NUMBER_TYPES
+                for f in feats], None
     if set(map(type, feats)) == _LIST_TYPE and min(map(len, feats)) > 0:
         rows = list(chain.from_iterable(feats))
-        if set(map(type, rows)) == _LIST_TYPE and set(map(len, rows)) == {feature_size} and \
-                set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:
-            return None
+        if set(map(type, rows)) == _LIST_TYPE and set(map(len, rows)) == {feature_size}:
+            numbers = list(chain.from_iterable(rows))
+            if set(map(type, numbers)) <= _NUMBER_TYPES:
+                return None, numbers
     return [type(f) is list and len(f) > 0 and set(map(type, f)) == _LIST_TYPE and set(map(len, f)) == {feature_size}
-            and set(map(type, chain.from_iterable(f))) <= _NUMBER_TYPES for f in feats]
+            and set(map(type, chain.from_iterable(f))) <= _NUMBER_TYPES for f in feats], None
 
 
 def _ts_column_ok(ts: list) -> bool:
@@ -628,13 +635,15 @@ def _ids_to_float32(ids: list) -> np.ndarray:
     return np.array(ids, dtype=np.float32).reshape(len(ids), 1)
 
 
-def _rows_to_float32(rows: list, feature_size: int) -> np.ndarray:
-    """`_to_float32` of rows of `feature_size` numbers, flattened first (numpy converts a flat list faster)."""
+def _rows_to_float32(rows: list, feature_size: int, numbers: list | None = None) -> np.ndarray:
+    """`_to_float32` of rows of `feature_size` numbers, flattened first (numpy converts a flat list faster);
+    `numbers`: that flat list, when made already."""
     if not rows:
         return np.empty((0, feature_size), dtype=np.float32)
     with np.errstate(over="ignore"):  # numbers beyond float32 become inf and are refused later
         try:
-            return np.array(list(chain.from_iterable(rows)), dtype=np.float32).reshape(len(rows), feature_size)
+            flat = list(chain.from_iterable(rows)) if numbers is None else numbers
+            return np.array(flat, dtype=np.float32).reshape(len(rows), feature_size)
         except OverflowError:  # an integer beyond float64
             return _to_float32(rows, feature_size)
 

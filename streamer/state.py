@@ -24,6 +24,7 @@ it is open.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import math
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
+_quote = json.encoder.encode_basestring_ascii  # a JSON string as json.dumps writes it (ASCII, escaped)
 RECORD_FORMAT = "streamer.state/1"
 
 
@@ -397,6 +399,26 @@ class StateStore:
         return StreamRecord(stream_id=stream_id, state=self.state[slot].copy(),
                             last_step=int(self.last_step[slot]), last_seen=float(self.last_seen[slot]),
                             model_version=self.model_version, partition=int(self.partition[slot]))
+
+    def export_bytes(self, stream_ids: Sequence[str]) -> list[bytes]:
+        """``export(sid).to_bytes()`` of each stream, byte for byte, written for all of them at once: a
+        checkpoint writes every changed stream (~1 us a stream instead of ~7 with a dict and json.dumps each,
+        time the serve loop spends between two polls)."""
+        if not stream_ids:
+            return []
+        slots = np.fromiter(map(self._index.__getitem__, stream_ids), np.int64, len(stream_ids))
+        states = np.ascontiguousarray(self.state[slots], dtype="<f4")
+        row = states.shape[1] * 4
+        raw = memoryview(states.tobytes())
+        b64 = [binascii.b2a_base64(raw[i:i + row], newline=False).decode("ascii") for i in range(0, len(raw), row)]
+        seen = self.last_seen[slots]
+        seen_text = list(map(float.__repr__, seen.tolist())) if np.isfinite(seen).all() else \
+            [json.dumps(v) for v in seen.tolist()]
+        fmt = ('{"format":%s,"model":%s,"state_size":%d,"stream_id":' % (
+            _quote(RECORD_FORMAT), _quote(self.model_version), self.state_size)).replace("%", "%%") + \
+            '%s,"last_step":%d,"last_seen":%s,"partition":%d,"state":"%s"}'
+        return [(fmt % r).encode("ascii") for r in zip(map(_quote, stream_ids), self.last_step[slots].tolist(),
+                                                          seen_text, self.partition[slots].tolist(), b64)]
 
     def restore(self, record: StreamRecord) -> None:
         """Make a checkpointed stream active again (replacing any state it has here).

@@ -409,6 +409,70 @@ def test_large_waves_are_stepped_in_blocks_with_the_same_results(model):
         np.testing.assert_allclose(np.array([got[t] for t in range(len(x))]), model.run(x)[0], atol=TOL)
 
 
+class StepOnly:
+    """The model with `step` alone: the engine then steps every poll wave by wave (`Engine._apply_waves`)."""
+
+    def __init__(self, model):
+        self.model = model
+        for name in ("feature_size", "output_size", "state_size", "version"):
+            setattr(self, name, getattr(model, name))
+
+    def initial_state(self, n):
+        return self.model.initial_state(n)
+
+    def step(self, x, state):
+        return self.model.step(x, state)
+
+
+class Ragged(StepOnly):
+    """The model with `run_ragged` too, counting its calls."""
+
+    calls = 0
+
+    def run_ragged(self, xs, lengths, state):
+        self.calls += 1
+        return self.model.run_ragged(xs, lengths, state)
+
+
+@pytest.mark.parametrize("batch_size", [5, 60, 1000])
+def test_sequences_of_a_poll_give_what_waves_give(model, batch_size):
+    """A poll with several rows per stream goes through `model.run_ragged` when every row follows its stream's
+    previous one, else wave by wave; either way the records, dead letters, metrics and states are the same as
+    stepping wave by wave throughout (duplicates, gaps, resets and ends mixed in)."""
+    rng = np.random.default_rng(batch_size)
+    seqs = {f"s{i}": rng.random((int(rng.integers(1, 40)), F), dtype=np.float32) for i in range(6)}
+    msgs = interleaved(rng, seqs, chunk_prob=0.4)
+    messy = msgs[-20:] + [event("s1", [1, 2, 3], step=50), event("s2", [1, 2, 3], reset=True),
+                          event("s3", [3, 2, 1], end=True), event("s4", [[1, 2, 3], [3, 2, 1]]), event("s4", [0, 1, 0]),
+                          event("s0", [1, 1, 1], step=0)]  # replayed events (duplicates), a gap, reset, end...
+    runs = []
+    ragged = Ragged(model)
+    for m in (ragged, StepOnly(model)):
+        engine, metrics = make(m)
+        sink = feed(engine, msgs, batch_size)
+        more = feed(engine, messy, batch_size)
+        sink.records += more.records
+        sink.dead_letters += more.dead_letters
+        runs.append((sink, metrics, engine.store))
+    (a, ma, sa), (b, mb, sb) = runs
+    assert ragged.calls > 0
+    assert [(r["stream_id"], r["step"], len(r.get("predictions", [0]))) for r in a.records] == \
+        [(r["stream_id"], r["step"], len(r.get("predictions", [0]))) for r in b.records]
+    for ra, rb in zip(a.records, b.records):
+        np.testing.assert_allclose(ra.get("predictions", ra.get("prediction")),
+                                   rb.get("predictions", rb.get("prediction")), atol=1e-6)
+    assert a.dead_letters == b.dead_letters
+    for name, labels in [("streamer_steps_total", {"outcome": "applied"}), ("streamer_steps_total", {"outcome": "duplicate"}),
+                         ("streamer_events_total", {"outcome": "applied"}), ("streamer_gaps_total", {}),
+                         ("streamer_wave_size_streams_count", {}), ("streamer_wave_size_streams_sum", {})]:
+        assert value(ma, name, **labels) == value(mb, name, **labels), name
+    assert sorted(sa.stream_ids()) == sorted(sb.stream_ids())
+    for sid in sa.stream_ids():
+        ea, eb = sa.export(sid), sb.export(sid)
+        assert ea.last_step == eb.last_step
+        np.testing.assert_allclose(ea.state, eb.state, atol=1e-6)
+
+
 def test_json_lines_exact_text_for_odd_ids_versions_and_values():
     """The encoder's exact output: ids and model version JSON-escaped (a '%' stays a '%'), float32
     shortest texts, null for non-finite values, ts only where given, chunks as lists of rows."""
@@ -448,3 +512,35 @@ def test_the_orjson_row_text_is_numpys_text(monkeypatch):
         monkeypatch.setattr(engine, "_orjson", None)
         assert fast == engine._row_texts(preds)
         monkeypatch.undo()
+
+
+def test_records_of_equal_chunks_are_written_at_once_with_numpys_text(monkeypatch):
+    """A poll of chunks of one length gets its prediction texts from one orjson call over (records, k, O):
+    the very lines the row-by-row path writes (numpy's text), for one or several outputs, one-step chunks,
+    values orjson would write differently (then numpy writes them), ts or not, and records split to fit."""
+    pytest.importorskip("orjson")
+    from streamer import engine
+    from streamer.engine import Outputs
+
+    rng = np.random.default_rng(11)
+    cases = []
+    for n, k, o in [(1, 1, 1), (3, 1, 2), (5, 10, 2), (40, 7, 1), (8, 3, 5)]:
+        preds = rng.random((n * k, o)).astype(np.float32)
+        ts = [None] * n if o != 2 else [int(t) for t in rng.integers(0, 2**40, n)]
+        out = Outputs("m%", [f"s{i}\u00e9" for i in range(n)], np.arange(n) * 100, ts, np.ones(n, bool),
+                      np.arange(0, n * k, k), np.full(n, k, np.int64), preds, np.arange(n * k))
+        cases.append(out)
+    odd = cases[2].predictions.copy()
+    odd[3, 1] = 1e-5  # numpy writes 1e-05, orjson 1e-5: the whole poll goes through numpy
+    cases.append(Outputs("m", cases[2].stream_ids, cases[2].steps, cases[2].ts, cases[2].chunk, cases[2].start,
+                         cases[2].length, odd, cases[2].row_steps))
+    cases.append(cases[3].split(3))  # records cut to fit: not one (records, k, O) array any more
+    for out in cases:
+        fast = out.json_lines()
+        monkeypatch.setattr(engine, "_orjson", None)
+        slow = out.json_lines()
+        monkeypatch.undo()
+        assert fast == slow
+        assert [json.loads(line)["predictions"] for line in fast] == \
+            [r["predictions"] for r in map(json.loads, slow)]
+    assert "1e-05" in cases[5].json_lines()[0]

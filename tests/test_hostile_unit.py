@@ -12,7 +12,7 @@ from streamer.errors import UserError
 from streamer.kafka import limits as topic_limits
 from streamer.kafka.metrics import KafkaMetrics
 from streamer.kafka.restore import Restorer
-from streamer.kafka.routing import PartitionerCheck, murmur2_partition
+from streamer.kafka.routing import PartitionerCheck, murmur2_many, murmur2_partition
 from streamer.kafka.topics import Topics
 from streamer.kafka.topology import TopologyWatch
 from streamer.state import StateStore, StreamRecord
@@ -59,6 +59,17 @@ def test_partitions_are_the_java_clients_murmur2_partitions():
     for key, java in JAVA_MURMUR2.items():
         for n in (1, 3, 6, 100):
             assert murmur2_partition(key, n) == (java & 0x7FFFFFFF) % n  # Utils.toPositive(murmur2) % n
+
+
+def test_murmur2_of_many_keys_at_once_is_the_java_clients_and_kafka_pythons():
+    from kafka.partitioner.default import murmur2
+
+    rng = np.random.default_rng(7)
+    keys = [bytes(rng.integers(0, 256, int(n)).astype(np.uint8)) for n in rng.integers(0, 70, 2000)]
+    keys += list(JAVA_MURMUR2) + [b"", "s-\u00e9\u4e2d".encode()] + [f"s{i:05d}".encode() for i in range(300)]
+    assert murmur2_many(keys) == [murmur2(k) for k in keys]
+    assert murmur2_many(list(JAVA_MURMUR2)) == [java & 0xFFFFFFFF for java in JAVA_MURMUR2.values()]
+    assert murmur2_many([]) == []
 
 
 def test_an_input_topic_that_outgrows_its_changelog_stops_serve_without_create_topics():

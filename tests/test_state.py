@@ -111,6 +111,20 @@ def test_export_restore_round_trip_through_bytes():
     assert other.take_changes().updated == []  # restored state equals its checkpoint
 
 
+def test_export_bytes_of_many_streams_are_their_records_bytes():
+    """What a checkpoint writes for all changed streams at once is each stream's `to_bytes()`, byte for byte:
+    escaped and non-ASCII ids, a '%' in the model version, odd floats, any last_seen."""
+    st = store(model_version="v%s\u00e9")
+    ids = ["a", 'q"\\%d', "\u00fc\U0001f600", "x" * 256]
+    slots, _, _ = st.acquire(ids, 42.5, partitions=np.array([0, 3, -1, 7]))
+    st.write(slots, np.array([[1.5, -2, 3, 4e-8], [np.nan, np.inf, -0.0, 1e38], [0, 0, 0, 0], [1, 2, 3, 4]],
+                             np.float32), np.array([17, 0, 2**40, -1]))
+    st.last_seen[slots[1]] = 1e300
+    st.last_seen[slots[2]] = float("nan")  # never a clock time, but written as json.dumps writes it
+    assert st.export_bytes(ids) == [st.export(sid).to_bytes() for sid in ids]
+    assert st.export_bytes(ids[1:2]) == [st.export(ids[1]).to_bytes()] and st.export_bytes([]) == []
+
+
 def test_restore_refuses_another_model_or_state_size():
     rec = StreamRecord("a", np.zeros(S, np.float32), 3, 0.0, model_version="v1")
     with pytest.raises(StateMismatch, match="model"):

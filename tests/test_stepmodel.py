@@ -135,6 +135,38 @@ def test_large_batches_in_row_blocks_give_the_same_results():
     assert not state.any()
 
 
+def test_run_ragged_equals_stepping_each_sequence_for_its_own_length():
+    """Sequences of different lengths in one call (the engine's polls): each sequence's outputs and final state
+    are what `step` gives it timestep by timestep; masked steps, row blocks and a one-step sequence included."""
+    model, _ = make_stack(mask_value=0.0)
+    lengths = np.array([9, 9, 7, 4, 4, 4, 2, 1, 1])
+    xs = rand(len(lengths), 11, 3, scale=1.0)
+    xs[1, 3:5] = 0.0  # a masked stretch
+    state = rand(len(lengths), model.state_size)
+    for block in (512, 4):  # the last one: three row blocks, each with its own longest sequence
+        model.chunk_rows = block
+        ys, final = model.run_ragged(xs, lengths, state)
+        assert ys.shape == (len(lengths), 11, 2) and final.shape == state.shape
+        for b, n in enumerate(lengths):
+            s = state[b:b + 1]
+            for t in range(n):
+                y, s = model.step(xs[b:b + 1, t], s)
+                np.testing.assert_allclose(ys[b, t], y[0], atol=1e-6)
+            np.testing.assert_allclose(final[b], s[0], atol=1e-6)
+            assert not ys[b, n:].any()
+    assert not model.run_ragged(xs[:0], lengths[:0], state[:0])[0].size
+
+
+def test_run_ragged_refuses_unsorted_or_empty_lengths():
+    model, _ = make_stack()
+    xs, state = rand(3, 4, 3), model.initial_state(3)
+    for lengths in ([2, 3, 1], [4, 2, 0], [5, 1, 1]):
+        with pytest.raises(DataError, match="non-increasing"):
+            model.run_ragged(xs, lengths, state)
+    with pytest.raises(DataError, match="run_ragged takes"):
+        model.run_ragged(xs, [4, 2], state)
+
+
 def test_output_is_not_a_view_of_state():
     layers = [{"kind": "simple_rnn", "name": "r", "units": 2, "activation": "tanh", "use_bias": False}]
     model = StepModel(layers, {"0.kernel": rand(2, 2), "0.recurrent_kernel": rand(2, 2)}, 2)

@@ -47,6 +47,7 @@ def run(args) -> int:
     from prometheus_client import CollectorRegistry
 
     from models.serving import load_step_model
+    from streamer import gc_tuning
     from streamer.commands._options import engine_config, start_metrics_server
     from streamer.engine import Engine, run as run_engine
     from streamer.errors import UserError
@@ -76,6 +77,7 @@ def run(args) -> int:
         sink = JsonlSink(out, dlq)
         if server is not None:
             server.ready.set()
+        gc_tuning.for_serving()
         t0 = time.perf_counter()
         totals = run_engine(engine, source.polls(), sink)
         sink.close()

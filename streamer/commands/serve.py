@@ -169,6 +169,7 @@ def run(args) -> int:
 
     from models.serving import load_step_model
     from streamer.commands._options import engine_config, start_metrics_server
+    from streamer import gc_tuning
     from streamer.engine import Engine
     from streamer.errors import UserError
     from streamer.kafka import acls, failures, secrets
@@ -231,6 +232,7 @@ def run(args) -> int:
         engine = Engine(model, config, metrics)
         service = KafkaService(engine, settings, clients, kafka_metrics,
                                ready=server.ready if server is not None else None)
+        gc_tuning.for_serving()
         service.run(stop)
     except FATAL_ERRORS as exc:
         if isinstance(exc, UserError):

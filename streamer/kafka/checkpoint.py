@@ -287,8 +287,9 @@ class Checkpoint:
     def _send_changelog(self, store) -> dict[str, int]:
         """Send `_changelog_records` now; returns the newly freed streams."""
         records, freed = self._changelog_records(store)
-        for key, value, partition in records:
-            self.send(self.changelog_topic, key, value, partition)
+        if records:
+            keys, values, partitions = zip(*records)
+            self.send_many(self.changelog_topic, list(keys), list(values), list(partitions))
         return freed
 
     def _changelog_records(self, store) -> tuple[list, dict[str, int]]:
@@ -306,8 +307,8 @@ class Checkpoint:
             pending_freed.pop(sid, None)
         records = [(encode_key(sid), None, partition) for sid, partition in self._ready.items()]
         n_tombstones = len(records)
-        for sid, partition in changes.updated:
-            records.append((encode_key(sid), store.export(sid).to_bytes(), partition))
+        values = store.export_bytes([sid for sid, _ in changes.updated])
+        records.extend((encode_key(sid), value, partition) for (sid, partition), value in zip(changes.updated, values))
         self._count_changelog(len(changes.updated), n_tombstones)
         return records, dict(changes.freed)
 
@@ -322,10 +323,10 @@ class Checkpoint:
     def commit_transaction(self, store, offsets: dict, group_metadata) -> None:
         """Exactly-once: changelog records and input offsets join the open transaction, which commits."""
         changes = store.take_changes()
-        for sid, partition in changes.freed:
-            self.send(self.changelog_topic, changelog.encode_key(sid), None, partition)
-        for sid, partition in changes.updated:
-            self.send(self.changelog_topic, changelog.encode_key(sid), store.export(sid).to_bytes(), partition)
+        for pairs, values in ((changes.freed, [None] * len(changes.freed)),
+                              (changes.updated, store.export_bytes([sid for sid, _ in changes.updated]))):
+            self.send_many(self.changelog_topic, [changelog.encode_key(sid) for sid, _ in pairs], values,
+                           [partition for _, partition in pairs])
         if not self._txn_open and not offsets:
             return
         self._open_transaction()

@@ -36,6 +36,7 @@ log = logging.getLogger("streamer.serve")
 _error, _partition, _offset = Message.error, Message.partition, Message.offset
 _key, _value = Message.key, Message.value
 _NO_ERRORS = {type(None)}
+JOIN_POLL_S = 0.01  # poll slices while joining the group (`ConfluentConsumer._poll_joining`)
 
 
 # --------------------------------------------------------------------------- factory
@@ -149,7 +150,7 @@ class ConfluentConsumer:
         try:
             msgs = raw.consume(max_records, 0)
             if not msgs:
-                first = raw.poll(timeout_s)
+                first = raw.poll(timeout_s) if self._assignment else self._poll_joining(timeout_s)
                 if first is None:
                     self._events.raise_fatal()
                     return None
@@ -166,6 +167,16 @@ class ConfluentConsumer:
                 return None
         return Batch(list(map(_partition, msgs)), list(map(_offset, msgs)), list(map(_key, msgs)),
                      list(map(_value, msgs)))
+
+    def _poll_joining(self, timeout_s: float):
+        """``poll(timeout_s)`` in short slices while nothing is assigned: librdkafka runs the assignment callback
+        inside a poll and goes on waiting for a message until the timeout, but the loop must restore the new
+        partitions first (they are paused until then): return as soon as an assignment came."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            msg = self.raw.poll(min(JOIN_POLL_S, max(0.0, deadline - time.monotonic())))
+            if msg is not None or self._assignment or time.monotonic() >= deadline:
+                return msg
 
     def _drop_errors(self, msgs: list, errors: list) -> list:
         for err in errors:

