@@ -36,7 +36,6 @@ Per-step rules (a stream's "last" step is -1 before its first one):
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from streamer import limits, schema
-from streamer.config import DEFAULT_GAP_POLICY, GAP_POLICIES, EngineConfig  # noqa: F401 (re-exported)
+from streamer.config import EngineConfig
 from streamer.metrics import Metrics
 from streamer.routing import RoutingChecks
 from streamer.schema import Events, Rejection
@@ -450,23 +449,8 @@ class Engine:
     def _apply_waves(self, ev: Events, slots: np.ndarray, stats: ApplyStats,
                      rejections: list[Rejection]) -> Outputs:
         store, model = self.store, self.model
-        n_events = len(ev)
-        counts = ev.counts
-        n_rows = int(counts.sum())
-        if n_rows == n_events:  # no chunks: one row per event
-            row_event = np.arange(n_events)
-            row_slot = slots
-            given = ev.steps
-            row_first = row_last = None
-        else:
-            row_event = np.repeat(np.arange(n_events), counts)
-            starts = np.cumsum(counts) - counts
-            row_off = np.arange(n_rows) - starts[row_event]
-            row_slot = slots[row_event]
-            given = ev.steps[row_event]
-            given = np.where(given >= 0, given + row_off, -1)
-            row_first = row_off == 0
-            row_last = row_off == counts[row_event] - 1
+        row_event, row_slot, given, row_first, row_last = _expand_rows(ev, slots)
+        n_rows = len(row_event)
         one_wave = n_rows == 1 or np.bincount(row_slot).max() == 1  # every row another stream's
         if not one_wave and not ev.reset.any() and not ev.end.any():
             outputs = self._apply_sequences(ev, row_event if row_first is not None else None, row_slot, given, stats)
@@ -544,7 +528,13 @@ class Engine:
         if row_end is not None:
             stats.ended = store.free(np.flatnonzero(ending))
 
-        # ---- accounting and outputs
+        return self._tally_waves(ev, row_event, status, out_step, y_all, gap_info, stats, rejections)
+
+    def _tally_waves(self, ev: Events, row_event: np.ndarray, status: np.ndarray, out_step: np.ndarray,
+                     y_all: np.ndarray, gap_info: dict[int, tuple[int, int]], stats: ApplyStats,
+                     rejections: list[Rejection]) -> Outputs:
+        """Counts applied, duplicate and rejected steps and events; outputs for the applied rows."""
+        n_events, n_rows = len(ev), len(row_event)
         if status.any():
             applied = np.flatnonzero(status == _APPLIED)
             n_dup = int((status == _DUPLICATE).sum())
@@ -694,3 +684,20 @@ def run(engine: Engine, polls, sink, on_result: Callable[[PollResult], None] | N
         if on_result is not None:
             on_result(result)
     return totals
+
+
+def _expand_rows(ev: Events, slots: np.ndarray):
+    """One row per step of a poll: (row_event, row_slot, given step or -1, first row of its event, last row).
+
+    Without chunks every event is one row and the first/last masks are None."""
+    counts = ev.counts
+    n_events = len(ev)
+    n_rows = int(counts.sum())
+    if n_rows == n_events:
+        return np.arange(n_events), slots, ev.steps, None, None
+    row_event = np.repeat(np.arange(n_events), counts)
+    starts = np.cumsum(counts) - counts
+    row_off = np.arange(n_rows) - starts[row_event]
+    given = ev.steps[row_event]
+    given = np.where(given >= 0, given + row_off, -1)
+    return row_event, slots[row_event], given, row_off == 0, row_off == counts[row_event] - 1

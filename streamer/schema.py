@@ -377,41 +377,13 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int,
     is simply left to it. (None, all indices) when the poll does not suit the bulk path at all.
     """
     n = len(messages)
-    parsed: dict[int, dict] = {}
     if n < _BULK_MIN or feature_size < 1:  # a few messages: the per-message path is quicker
-        return None, list(range(n)), parsed
-    idx: list[int] | None = None  # the message index of each candidate; None: all, in order
-    careful: list[int] = []
-    have_objs = False  # from the parse on, every drop's first column is the parsed objects
-    numbers = None  # every candidate's feature values, flattened (from the features check until a drop)
-
-    def drop(keep: list, *cols: list) -> list[list]:
-        """Leave the candidates where `keep` is false to `_decode_one` (with their parsed objects, once
-        the first column is the objects); the columns, filtered."""
-        nonlocal idx, numbers  # (have_objs is only read)
-        numbers = None
-        at = range(len(keep)) if idx is None else idx
-        careful.extend(i for i, k in zip(at, keep) if not k)
-        if have_objs:
-            parsed.update((i, o) for i, k, o in zip(at, keep, cols[0]) if not k and type(o) is dict)
-        idx = [i for i, k in zip(at, keep) if k]
-        return [[v for v, k in zip(col, keep) if k] for col in cols]
-
-    # ---- parse: bytes of at most max_message_bytes, UTF-8, exactly one JSON object
-    msgs = messages if type(messages) is list else list(messages)
-    if set(map(type, msgs)) != {bytes}:
-        keep = [type(m) is bytes for m in msgs]
-        msgs, = drop(keep, msgs)
-    if max(map(len, msgs), default=0) > max_message_bytes:
-        keep = [len(m) <= max_message_bytes for m in msgs]
-        msgs, = drop(keep, msgs)
-    objs = _parse_many(msgs)
-    have_objs = True
-    if set(map(type, objs)) != {dict}:
-        keep = [type(o) is dict for o in objs]
-        objs, = drop(keep, objs)
+        return None, list(range(n)), {}
+    cand = _Candidates()
+    drop = cand.drop
+    objs = cand.parse(messages, max_message_bytes)
     if not objs:
-        return None, sorted(careful), parsed
+        return None, sorted(cand.careful), cand.parsed
     get = dict.get
     # ---- stream_id: a str of 1..MAX_STREAM_ID_CHARS characters
     sids = list(map(get, objs, repeat("stream_id")))
@@ -430,7 +402,7 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int,
         keep = _tokens_keep(feats, vocab_size)
     else:
         chunked = bool(feats) and type(feats[0]) is list and len(feats[0]) > 0 and type(feats[0][0]) is list
-        keep, numbers = _features_keep(feats, feature_size, chunked)
+        keep, cand.numbers = _features_keep(feats, feature_size, chunked)
     if keep is not None:
         objs, sids, feats = drop(keep, objs, sids, feats)
     # keys beyond stream_id and features (an upper bound once messages are dropped): when none are
@@ -467,11 +439,53 @@ def _decode_bulk(messages: Sequence, feature_size: int, max_message_bytes: int,
             keep = [v is None or type(v) is bool for v in vals]
             objs, sids, feats, steps, ts, vals, *flags = drop(keep, objs, sids, feats, steps, ts, vals, *flags)
         flags.append(vals)
-    m = len(objs)
-    if m == 0:
-        return None, sorted(careful), parsed
-    events = _bulk_events(sids, steps, feats, chunked, flags, ts, idx, feature_size, vocab_size is not None, numbers)
-    return events, sorted(careful), parsed
+    if not objs:
+        return None, sorted(cand.careful), cand.parsed
+    events = _bulk_events(sids, steps, feats, chunked, flags, ts, cand.idx, feature_size, vocab_size is not None,
+                          cand.numbers)
+    return events, sorted(cand.careful), cand.parsed
+
+
+class _Candidates:
+    """The messages of a poll still on the bulk path: `idx`, their message indices (None: all, in
+    order); `careful`, the indices left to `_decode_one`, with `parsed`, the JSON objects already parsed
+    of those; `numbers`, every candidate's feature values flattened (from the features check until a drop)."""
+
+    __slots__ = ("idx", "careful", "parsed", "have_objs", "numbers")
+
+    def __init__(self) -> None:
+        self.idx: list[int] | None = None
+        self.careful: list[int] = []
+        self.parsed: dict[int, dict] = {}
+        self.have_objs = False  # from the parse on, every drop's first column is the parsed objects
+        self.numbers = None
+
+    def drop(self, keep: list, *cols: list) -> list[list]:
+        """Leave the candidates where `keep` is false to `_decode_one` (with their parsed objects, once
+        the first column is the objects); the columns, filtered."""
+        self.numbers = None
+        at = range(len(keep)) if self.idx is None else self.idx
+        self.careful.extend(i for i, k in zip(at, keep) if not k)
+        if self.have_objs:
+            self.parsed.update((i, o) for i, k, o in zip(at, keep, cols[0]) if not k and type(o) is dict)
+        self.idx = [i for i, k in zip(at, keep) if k]
+        return [[v for v, k in zip(col, keep) if k] for col in cols]
+
+    def parse(self, messages: Sequence, max_message_bytes: int) -> list[dict]:
+        """The candidates' JSON objects: bytes of at most max_message_bytes, UTF-8, exactly one JSON object."""
+        msgs = messages if type(messages) is list else list(messages)
+        if set(map(type, msgs)) != {bytes}:
+            keep = [type(m) is bytes for m in msgs]
+            msgs, = self.drop(keep, msgs)
+        if max(map(len, msgs), default=0) > max_message_bytes:
+            keep = [len(m) <= max_message_bytes for m in msgs]
+            msgs, = self.drop(keep, msgs)
+        objs = _parse_many(msgs)
+        self.have_objs = True
+        if set(map(type, objs)) != {dict}:
+            keep = [type(o) is dict for o in objs]
+            objs, = self.drop(keep, objs)
+        return objs
 
 
 def _bulk_events(sids: list, steps: list, feats: list, chunked: bool, flags: list, ts: list, idx: list | None,

@@ -18,7 +18,7 @@ from models.data import synthetic_sequences  # noqa: E402
 from models.errors import ModelError  # noqa: E402
 from models.predict import evaluate, predict_sequences  # noqa: E402
 from models.train import SyntheticConfig, TrainConfig, qa_recipe, train, train_synthetic  # noqa: E402
-from tests.helpers_models import eager, qa_style_model, random_sequences, tiny_model  # noqa: E402
+from tests.helpers_models import qa_style_model, random_sequences, tiny_model  # noqa: E402
 
 # --------------------------------------------------------------------------- architecture
 
