@@ -32,6 +32,16 @@ FAST_GROUP = ["--session-timeout-ms", "6000", "--heartbeat-interval-ms", "500", 
 # --------------------------------------------------------------------------- data
 
 
+def saved_step_model(tmp_path_factory, name: str, feature_size: int, hidden: int, seed: int):
+    """An LSTM(hidden) -> Dense(2) step model with random weights, saved as a converted directory
+    (no TensorFlow): (the model, its path)."""
+    from tests.streamer_helpers import lstm_step_model
+    model = lstm_step_model(feature_size, (hidden,), 2, seed=seed)
+    path = tmp_path_factory.mktemp(name) / "model"
+    model.save(path)
+    return model, path
+
+
 def make_sequences(n_streams: int, length: int | tuple[int, int], feature_size: int, seed: int = 0,
                    prefix: str = "s") -> dict[str, np.ndarray]:
     """{stream_id: (T, F) float32}; `length` fixed or a (low, high) range."""

@@ -26,7 +26,7 @@ from tests.kafka_support import unique_name
 from tests.serve_support import (Deployment, Serve, assert_parity, committed_offsets, count_steps,
                                  end_offsets, event_messages, make_sequences, offline, predictions_by_key,
                                  read_topic)
-from tests.streamer_helpers import lstm_step_model
+from tests.serve_support import saved_step_model
 
 pytestmark = pytest.mark.kafka
 
@@ -35,10 +35,7 @@ F = hs.F
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
-    model = lstm_step_model(F, (8,), 2, seed=21)
-    path = tmp_path_factory.mktemp("hostile-model") / "model"
-    model.save(path)
-    return model, path
+    return saved_step_model(tmp_path_factory, "hostile-model", F, 8, seed=21)
 
 
 def _deployment(admin, prefix: str, partitions: int = 3) -> Deployment:

@@ -18,6 +18,7 @@ from streamer.kafka.topics import Topics
 from tests.serve_support import (REPO, Deployment, Serve, assert_parity, changelog_table, committed_offsets,
                                  count_steps, end_offsets, event_messages, offline, predictions_by_key, produce,
                                  read_topic)
+from tests.serve_support import saved_step_model
 from tests.streamer_helpers import lstm_step_model
 
 pytestmark = pytest.mark.kafka
@@ -27,11 +28,7 @@ F = 3
 
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory):
-    """LSTM(8) -> Dense(2) on 3 features, random weights, as a converted directory (no TensorFlow)."""
-    model = lstm_step_model(F, (8,), 2, seed=3)
-    path = tmp_path_factory.mktemp("serve-model") / "model"
-    model.save(path)
-    return model, path
+    return saved_step_model(tmp_path_factory, "serve-model", F, 8, seed=3)
 
 
 @pytest.fixture

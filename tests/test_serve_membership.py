@@ -15,7 +15,7 @@ from streamer.kafka import topics as topic_admin
 from streamer.kafka.topics import Topics
 from tests.serve_support import (Deployment, Serve, assert_parity, count_steps, event_messages, make_sequences,
                                  offline, predictions_by_key, produce, read_topic)
-from tests.streamer_helpers import lstm_step_model
+from tests.serve_support import saved_step_model
 
 pytestmark = pytest.mark.kafka
 
@@ -25,10 +25,7 @@ SESSION = ["--session-timeout-ms", "30000", "--heartbeat-interval-ms", "1000"]  
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
-    model = lstm_step_model(F, (6,), 2, seed=51)
-    path = tmp_path_factory.mktemp("membership-model") / "model"
-    model.save(path)
-    return model, path
+    return saved_step_model(tmp_path_factory, "membership-model", F, 6, seed=51)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from streamer.kafka.topics import Topics
 from tests.kafka_support import make_admin, unique_name
 from tests.serve_support import (Deployment, Feeder, Serve, assert_parity, changelog_table, count_steps,
                                  make_sequences, offline, predictions_by_key, read_topic)
-from tests.streamer_helpers import lstm_step_model
+from tests.serve_support import saved_step_model
 
 pytestmark = pytest.mark.kafka
 
@@ -31,10 +31,7 @@ KAFKA_SH = Path(__file__).resolve().parents[1] / "deploy" / "kafka-local" / "kaf
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
-    model = lstm_step_model(F, (8,), 2, seed=5)
-    path = tmp_path_factory.mktemp("recovery-model") / "model"
-    model.save(path)
-    return model, path
+    return saved_step_model(tmp_path_factory, "recovery-model", F, 8, seed=5)
 
 
 def _create(admin, partitions: int, prefix: str) -> Deployment:

@@ -19,7 +19,7 @@ from tests import hostile_support as hs
 from tests.serve_support import (REPO, Deployment, Serve, assert_parity, committed_offsets, count_steps,
                                  end_offsets, event_messages, make_sequences, offline, predictions_by_key, produce,
                                  read_topic)
-from tests.streamer_helpers import lstm_step_model
+from tests.serve_support import saved_step_model
 
 pytestmark = pytest.mark.kafka
 
@@ -29,10 +29,7 @@ N = 3  # partitions
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
-    model = lstm_step_model(F, (6,), 2, seed=31)
-    path = tmp_path_factory.mktemp("routing-model") / "model"
-    model.save(path)
-    return model, path
+    return saved_step_model(tmp_path_factory, "routing-model", F, 6, seed=31)
 
 
 def _wait_committed(bootstrap, d, serve, timeout_s=60.0):

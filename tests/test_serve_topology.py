@@ -12,7 +12,7 @@ from streamer.kafka.routing import murmur2_partition
 from streamer.kafka.topics import Topics
 from tests.serve_support import (Deployment, Serve, assert_parity, committed_offsets, count_steps, end_offsets,
                                  event_messages, make_sequences, offline, predictions_by_key, produce, read_topic)
-from tests.streamer_helpers import lstm_step_model
+from tests.serve_support import saved_step_model
 
 pytestmark = pytest.mark.kafka
 
@@ -21,10 +21,7 @@ F = 3
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
-    model = lstm_step_model(F, (6,), 2, seed=41)
-    path = tmp_path_factory.mktemp("topology-model") / "model"
-    model.save(path)
-    return model, path
+    return saved_step_model(tmp_path_factory, "topology-model", F, 6, seed=41)
 
 
 def _deployment(admin, partitions: int) -> Deployment:
