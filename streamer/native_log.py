@@ -6,9 +6,9 @@ machines without a GPU driver, ``E0000 ... failed call to cuInit`` straight to f
 where ``TF_CPP_MIN_LOG_LEVEL`` no longer reaches. A one-line CLI error buried under them is no longer one line.
 
 `NativeLogFilter` points file descriptor 2 at a pipe for the duration of a command; a thread copies every
-line to the real stderr except those chatter lines (absl info/warning lines, and the error lines about
-missing CUDA drivers). Python's own stderr passes through unchanged. ``STREAMER_TF_LOGS=1`` turns the
-filter off.
+line to the real stderr except those chatter lines (absl info/warning lines, the error lines about missing
+CUDA drivers, and oneDNN's note that a CPU without AVX-512 gets a slower kernel). Python's own stderr passes
+through unchanged. ``STREAMER_TF_LOGS=1`` turns the filter off.
 """
 
 from __future__ import annotations
@@ -25,13 +25,17 @@ _CHATTER = (
 )
 
 
+# an error-level line on CPUs without AVX-512 that only says a slower kernel is used (a Masking model's not_equal)
+_ONEDNN_FALLBACK = b"oneDNN supports DT_BOOL only on platforms with AVX-512"
+
+
 def is_chatter(line: bytes) -> bool:
     """True for TensorFlow's native info/warning lines and its complaints about absent CUDA drivers."""
     if line.rstrip(b"\r\n") in _CHATTER:
         return True
     if not _ABSL.match(line):
         return False
-    return line[:1] in b"IW" or b"cuInit" in line or b"cuda" in line.lower()
+    return line[:1] in b"IW" or b"cuInit" in line or b"cuda" in line.lower() or _ONEDNN_FALLBACK in line
 
 
 class NativeLogFilter:
