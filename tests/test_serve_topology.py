@@ -90,3 +90,23 @@ def test_added_partitions_without_create_topics_stop_serve_with_one_clear_line(k
     finally:
         serve.kill()
         d.delete(kafka_admin)
+
+
+def test_the_changelog_reader_reads_partitions_added_a_moment_ago(kafka_client, kafka_bootstrap, kafka_admin):
+    """Restoring a changelog partition right after it was added: its leader may not be known (or elected)
+    yet. The reader waits for it instead of failing the restore (which made serve rewind once)."""
+    from streamer.kafka.client import make_clients
+    from streamer.kafka.config import ClientTuning, Connection
+
+    d = _deployment(kafka_admin, 1)
+    clients = make_clients(kafka_client, Connection(kafka_bootstrap), ClientTuning(group_id=d.group), d.input)
+    reader = clients.reader()
+    try:
+        read: list[int] = []
+        for count in (3, 6, 9):
+            kafka_admin.create_partitions({d.changelog: count})
+            reader.read(d.changelog, list(range(count)), 20.0, lambda p, keys, values: read.append(p))
+        assert read == []  # every partition empty, none refused
+    finally:
+        reader.close()
+        d.delete(kafka_admin)

@@ -20,6 +20,11 @@ from streamer.kafka.client import ClientTimeout, TopicSpec
 from streamer.kafka.rdkafka import DOWN_AFTER_S, _Events, translate
 
 
+# watermark errors of a partition that exists but is not served yet (just created): retried until the deadline
+_NOT_READY_YET = frozenset((KafkaError._UNKNOWN_PARTITION, KafkaError.NOT_LEADER_FOR_PARTITION,
+                            KafkaError.LEADER_NOT_AVAILABLE))
+
+
 class ConfluentReader:
     def __init__(self, config: dict, events: _Events | None = None):
         self._events = events or _Events()
@@ -56,16 +61,17 @@ class ConfluentReader:
 
     def _has_records(self, topic: str, partition: int, deadline: float) -> bool:
         tp = TopicPartition(topic, partition)
-        try:
-            low, high = self.raw.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
-        except KafkaException as exc:
-            if not exc.args or exc.args[0].code() != KafkaError._UNKNOWN_PARTITION:
-                raise
-            # a partition added since this client's last metadata refresh (the changelog grew with the
-            # input): a metadata request for the topic updates its cache
+        while True:
+            try:
+                low, high = self.raw.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
+                return high > low
+            except KafkaException as exc:
+                if not exc.args or exc.args[0].code() not in _NOT_READY_YET or time.monotonic() > deadline:
+                    raise
+            # a partition added moments ago (the changelog grew with the input): unknown to this client's
+            # metadata, or its leader not yet elected; a metadata request for the topic, and ask again
+            time.sleep(0.05)
             self.raw.list_topics(topic, timeout=max(1.0, deadline - time.monotonic()))
-            low, high = self.raw.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
-        return high > low
 
     @staticmethod
     def _read_batch(msgs: list, remaining: set[int], sink) -> None:

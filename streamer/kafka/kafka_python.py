@@ -386,9 +386,9 @@ class KafkaPythonReader:
             reader.assign(tps)
             try:
                 reader.seek_to_beginning(*tps)
-                end = reader.end_offsets(tps)
-                remaining = {tp for tp in tps if reader.position(tp) < end[tp]}
                 deadline = time.monotonic() + timeout_s
+                end = self._end_offsets(tps, deadline)
+                remaining = {tp for tp in tps if reader.position(tp) < end[tp]}
                 while remaining:
                     if time.monotonic() > deadline:
                         raise ClientTimeout(f"changelog {topic} partitions {sorted(tp.partition for tp in remaining)} "
@@ -404,6 +404,21 @@ class KafkaPythonReader:
                 reader.assign([])
         except KafkaError as exc:
             raise translate(exc, "restore") from exc
+
+    def _end_offsets(self, tps: list, deadline: float) -> dict:
+        """The partitions' end offsets. kafka-python raises KeyError for a partition added since its last
+        metadata refresh (the changelog grew with the input a moment ago): refresh and ask again."""
+        while True:
+            try:
+                return self.raw.end_offsets(tps)
+            except KeyError as exc:
+                if time.monotonic() > deadline:
+                    raise ClientTimeout(f"changelog partition {exc} unknown to the client's metadata",
+                                        kind="restore") from None
+            time.sleep(0.05)
+            refresh = getattr(self.raw, "_fetch_all_topic_metadata", None)  # KafkaConsumer's own, 2.x and 3.x
+            if refresh is not None:
+                refresh()
 
     def close(self) -> None:
         self.raw.close()
